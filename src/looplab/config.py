@@ -1,0 +1,217 @@
+"""The config schema, its checks, and the helpers that turn a config into plain values.
+
+Hydra merges `conf/` on top of the dataclasses below, so a wrong type or an option that
+is not in an enum fails at composition time, before anything runs. `validate` adds the
+range checks that a type cannot express. This module knows OmegaConf but not Hydra's
+entry point, so tests can compose configs with `initialize`/`compose` and reuse it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from looplab.errors import ConfigError
+
+RESOURCES = Path(__file__).parent / "resources"
+
+
+class Task(str, Enum):
+    classification = "classification"
+    regression = "regression"
+
+
+class Impl(str, Enum):
+    manual = "manual"
+    module = "module"
+
+
+class Init(str, Enum):
+    default = "default"
+    seed = "seed"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+
+
+class Loss(str, Enum):
+    logits = "logits"
+    tutorial = "tutorial"
+
+
+class UpdateName(str, Enum):
+    manual = "manual"
+    sgd = "sgd"
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class PrintStyle(str, Enum):
+    full = "full"
+    tutorial = "tutorial"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    path: str | None = None
+    target: str | None = None
+    drop: list[str] = field(default_factory=list)
+    task: Task | None = None
+    test_size: float = 0.2
+
+
+@dataclass
+class ModelConfig:
+    width: int = 0
+    activation: Activation = Activation.relu
+    impl: Impl = Impl.manual
+    init: Init = Init.default
+    loss: Loss = Loss.logits
+
+
+@dataclass
+class UpdateConfig:
+    name: UpdateName = UpdateName.manual
+
+
+@dataclass
+class DeviceConfig:
+    name: DeviceName = DeviceName.auto
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    dtype: DType = DType.float32
+    print_every: int = 1
+    print_style: PrintStyle = PrintStyle.full
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "looplab"
+
+
+@dataclass
+class LooplabConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 42
+
+
+def register() -> None:
+    """Make the schema and the `${looplab.resource:...}` resolver known to Hydra and OmegaConf."""
+    ConfigStore.instance().store(name="looplab_schema", node=LooplabConfig)
+    if not OmegaConf.has_resolver("looplab.resource"):
+        OmegaConf.register_new_resolver(
+            "looplab.resource", lambda name: str((RESOURCES / name).resolve())
+        )
+
+
+def config_dir() -> Path:
+    """`conf/` as packaged in the wheel, or the source tree's `conf/` in an editable install."""
+    packaged = Path(__file__).parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that types cannot express, on a `plain_config`; raise ConfigError naming
+    the key, the bad value and what is allowed."""
+    train, model, dataset = cfg.train, cfg.model, cfg.dataset
+    _require(train.lr > 0, "train.lr", train.lr, "it must be > 0")
+    _require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
+    _require(
+        train.batch_size is None or train.batch_size >= 1,
+        "train.batch_size",
+        train.batch_size,
+        "it must be >= 1, or null for full batch",
+    )
+    _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "it must be in [0, 1)")
+    _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
+    _require(train.print_every >= 0, "train.print_every", train.print_every, "it must be >= 0")
+    _require(model.width >= 0, "model.width", model.width, "it must be >= 0")
+    _require(
+        0 < dataset.test_size < 1,
+        "dataset.test_size",
+        dataset.test_size,
+        "it must be between 0 and 1, exclusive",
+    )
+    _require(
+        model.loss != Loss.tutorial or model.impl == Impl.manual,
+        "model.loss",
+        model.loss,
+        "the tutorial's clamped loss has no torch.nn twin; use it with model.impl=manual",
+    )
+    if dataset.name == "csv":
+        _require(dataset.path is not None, "dataset.path", None, "dataset=csv needs a CSV path")
+        _require(
+            dataset.target is not None, "dataset.target", None, "dataset=csv needs a target column"
+        )
+
+
+def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
+    """The resolved config with enums as plain strings and an absolute tracking URI.
+
+    An unset `tracking.uri` becomes `sqlite:///<launch dir>/outputs/mlflow.db`: absolute, so
+    every job of a sweep writes to the one store whatever its working directory.
+    """
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    if plain.tracking.enabled and not plain.tracking.uri:
+        store = ((launch_dir or Path.cwd()) / "outputs" / "mlflow.db").resolve()
+        plain.tracking.uri = f"sqlite:///{store}"
+    return plain
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys (`model.width`), the shape MLflow params take."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = str(node.value if isinstance(node, Enum) else node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    return flat
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable run name such as `breast_cancer-w0-manual-lr0.1`."""
+    data = Path(cfg.dataset.path).stem if cfg.dataset.name == "csv" else cfg.dataset.name
+    return f"{data}-w{cfg.model.width}-{cfg['update'].name}-lr{cfg.train.lr:g}"

@@ -1,0 +1,216 @@
+"""Load a data set, split it, scale it: the tutorial's preprocessing, for any table.
+
+Everything here is NumPy and pandas; `to_device` turns the result into tensors once, so the
+training loop never copies data between host and device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from looplab.errors import DataError
+
+TaskKind = Literal["binary", "multiclass", "regression"]
+BUILTIN = ("breast_cancer", "iris", "wine", "digits", "diabetes")
+# A numeric target with at most this many distinct integer values is taken as class labels.
+MAX_INFERRED_CLASSES = 20
+
+
+@dataclass
+class SplitData:
+    """Scaled train and validation arrays, and what the model needs to know about them."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    task: TaskKind
+    n_classes: int  # 0 for regression
+    target_std: float = 1.0  # regression targets are standardised; RMSE is reported in units
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes if self.task == "multiclass" else 1
+
+
+@dataclass
+class DeviceData:
+    """The split as tensors on the training device. Binary and regression targets are (N, 1)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def load_table(
+    name: str,
+    path: str | None = None,
+    target: str | None = None,
+    drop: list[str] | tuple[str, ...] = (),
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Features and target of a built-in data set, or of any CSV file."""
+    if name == "csv":
+        return _read_csv(path, target, list(drop))
+    if name not in BUILTIN:
+        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(BUILTIN)} or csv")
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    features, labels = bunch.data, bunch.target
+    if name == "breast_cancer":
+        labels = 1 - labels  # scikit-learn says 0 = malignant; the tutorial's CSV says M = 1
+    return features, labels.rename("target")
+
+
+def _read_csv(
+    path: str | None, target: str | None, drop: list[str]
+) -> tuple[pd.DataFrame, pd.Series]:
+    if path is None or target is None:
+        raise DataError("dataset=csv needs dataset.path and dataset.target")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"CSV file not found: {file}")
+    try:
+        table = pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"CSV file is empty: {file}") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise DataError(f"cannot read CSV file {file}: {error}") from None
+    if table.empty:
+        raise DataError(f"CSV file has a header but no rows: {file}")
+    if target not in table.columns:
+        raise DataError(
+            f"target column '{target}' is not in {file.name}; its columns are: "
+            + ", ".join(map(str, table.columns))
+        )
+    missing = [column for column in drop if column not in table.columns]
+    if missing:
+        raise DataError(f"dataset.drop names columns that {file.name} lacks: {', '.join(missing)}")
+    empty = [column for column in table.columns if table[column].isna().all()]
+    table = table.drop(columns=[*drop, *empty])
+    return table.drop(columns=[target]), table[target]
+
+
+def infer_task(labels: pd.Series, forced: str | None) -> TaskKind:
+    """Classification for strings and small sets of integers, regression otherwise."""
+    if forced == "regression":
+        if not pd.api.types.is_numeric_dtype(labels):
+            raise DataError(
+                f"dataset.task=regression needs a numeric target; '{labels.name}' is not"
+            )
+        return "regression"
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    looks_like_classes = not numeric or (
+        np.all(np.mod(labels.dropna(), 1) == 0) and labels.nunique() <= MAX_INFERRED_CLASSES
+    )
+    if forced == "classification" or looks_like_classes:
+        n_classes = labels.nunique()
+        if n_classes < 2:
+            raise DataError(f"target '{labels.name}' has a single class: nothing to learn")
+        return "binary" if n_classes == 2 else "multiclass"
+    return "regression"
+
+
+def _check_features(features: pd.DataFrame, labels: pd.Series) -> np.ndarray:
+    text = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if text:
+        raise DataError(
+            f"non-numeric feature column(s): {', '.join(text)}; drop them with dataset.drop"
+        )
+    values = features.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        columns = [str(c) for c, b in zip(features.columns, bad.any(axis=0), strict=True) if b]
+        raise DataError(
+            f"NaN or infinite values in {int(bad.any(axis=1).sum())} row(s), "
+            f"column(s): {', '.join(columns)}"
+        )
+    if labels.isna().any():
+        raise DataError(f"target '{labels.name}' is empty in {int(labels.isna().sum())} row(s)")
+    return values
+
+
+def encode_labels(labels: pd.Series, task: TaskKind) -> tuple[np.ndarray, int]:
+    """Class labels as 0..k-1 in sorted order (B = 0, M = 1), or float targets for regression."""
+    if task == "regression":
+        return labels.to_numpy(dtype=np.float64), 0
+    classes = np.sort(labels.unique())
+    return np.searchsorted(classes, labels.to_numpy()), len(classes)
+
+
+def split_and_scale(
+    features: pd.DataFrame,
+    labels: pd.Series,
+    test_size: float,
+    seed: int,
+    forced_task: str | None = None,
+) -> SplitData:
+    """Seeded (and, for classes, stratified) split; scaler fitted on the training rows only."""
+    task = infer_task(labels, forced_task)
+    x = _check_features(features, labels)
+    y, n_classes = encode_labels(labels, task)
+    n_val = int(np.ceil(test_size * len(y)))
+    too_few = len(y) - n_val < 1 or n_val < 1 or (task != "regression" and n_val < n_classes)
+    if too_few:
+        raise DataError(
+            f"too few rows to split: {len(y)} row(s) with test_size={test_size} leave "
+            f"{len(y) - n_val} for training and {n_val} for validation"
+        )
+    stratify = y if task != "regression" else None
+    try:
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=test_size, random_state=seed, stratify=stratify
+        )
+    except ValueError as error:  # e.g. a class with a single row cannot be stratified
+        raise DataError(f"cannot split the data: {error}") from None
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
+    target_std = 1.0
+    if task == "regression":
+        mean, target_std = float(y_train.mean()), float(y_train.std()) or 1.0
+        y_train, y_val = (y_train - mean) / target_std, (y_val - mean) / target_std
+    return SplitData(x_train, y_train, x_val, y_val, task, n_classes, target_std)
+
+
+def load(
+    name: str,
+    *,
+    path: str | None = None,
+    target: str | None = None,
+    drop: list[str] | tuple[str, ...] = (),
+    task: str | None = None,
+    test_size: float = 0.2,
+    seed: int = 42,
+) -> SplitData:
+    """The whole preprocessing of one data set, from name (or CSV) to scaled splits."""
+    features, labels = load_table(name, path, target, drop)
+    return split_and_scale(features, labels, test_size, seed, task)
+
+
+def to_device(data: SplitData, device: torch.device, dtype: torch.dtype) -> DeviceData:
+    """Copy the split to the device once; class labels become int64, other targets (N, 1)."""
+
+    def targets(y: np.ndarray) -> torch.Tensor:
+        if data.task == "multiclass":
+            return torch.as_tensor(y, dtype=torch.int64, device=device)
+        return torch.as_tensor(y, dtype=dtype, device=device).reshape(-1, 1)
+
+    return DeviceData(
+        x_train=torch.as_tensor(data.x_train, dtype=dtype, device=device),
+        y_train=targets(data.y_train),
+        x_val=torch.as_tensor(data.x_val, dtype=dtype, device=device),
+        y_val=targets(data.y_val),
+    )

@@ -1,0 +1,34 @@
+"""Errors whose message is meant for the user: the CLI prints them as one line, no traceback."""
+
+
+class LooplabError(Exception):
+    """A problem the user can fix; `str(error)` is the whole explanation."""
+
+
+class ConfigError(LooplabError):
+    """A config value outside what looplab accepts."""
+
+
+class DataError(LooplabError):
+    """A data set that cannot be trained on as it is."""
+
+
+class DeviceError(LooplabError):
+    """A device was asked for that this machine does not have."""
+
+
+class TrackingError(LooplabError):
+    """The MLflow store cannot be reached or written."""
+
+
+class ShapeError(LooplabError, ValueError):
+    """Predictions and targets whose shapes would silently broadcast."""
+
+
+class DivergedError(LooplabError):
+    """The training loss stopped being a finite number."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged: loss is {loss} at epoch {epoch}")
+        self.epoch = epoch
+        self.loss = loss

@@ -1,0 +1,99 @@
+"""The training loop: the tutorial's steps, in order, and nothing else.
+
+It takes plain objects (a model, a loss, an updater, tensors) and hands each finished
+epoch to callbacks; it knows nothing of Hydra, MLflow or the console. The loss stays on the
+device during the epoch: the host waits for the GPU once an epoch, when the numbers are read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from looplab.data import DeviceData
+from looplab.errors import DivergedError
+from looplab.model import LossFn
+from looplab.update import Updater
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One finished epoch: its number (from 1), its metrics, and when it ended."""
+
+    epoch: int
+    metrics: dict[str, float]
+    timestamp_ms: int
+
+
+EpochCallback = Callable[[EpochResult], None]
+
+
+def batches(
+    x: Tensor, y: Tensor, batch_size: int | None, generator: torch.Generator | None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The whole set (the tutorial's full batch), or a fresh shuffle sliced on the device."""
+    if batch_size is None or batch_size >= len(x):
+        yield x, y
+        return
+    order = torch.randperm(len(x), device=x.device, generator=generator)
+    x, y = x[order], y[order]
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def fit(
+    model: Callable[[Tensor], Tensor],
+    loss_function: LossFn,
+    update: Updater,
+    data: DeviceData,
+    *,
+    epochs: int,
+    quality: Callable[[Tensor, Tensor], Tensor],
+    quality_name: str,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+) -> list[EpochResult]:
+    """Train for `epochs` epochs and return every epoch's result.
+
+    `train_loss` is the mean of the batch losses weighted by batch size (with a full batch,
+    exactly the tutorial's `loss.item()`). Raises DivergedError when it is not finite.
+    """
+    history: list[EpochResult] = []
+    n_train = len(data.x_train)
+    for epoch in range(1, epochs + 1):
+        epoch_loss = torch.zeros((), dtype=data.x_train.dtype, device=data.x_train.device)
+        for x, y in batches(data.x_train, data.y_train, batch_size, generator):
+            y_pred = model(x)  # 1. forward pass: what does the model predict now?
+            loss = loss_function(y_pred, y)  # 2. loss: how wrong is it?
+            loss.backward()  # 3. backward pass: gradients of the loss
+            update.step()  # 4. update the parameters (under no_grad, or SGD.step)
+            update.zero_grad()  # 5. zero the gradients for the next step
+            epoch_loss += loss.detach() * (len(x) / n_train)
+
+        with torch.no_grad():  # validation: same forward and loss, no gradients
+            val_pred = model(data.x_val)
+            val_loss = loss_function(val_pred, data.y_val)
+            val_quality = quality(val_pred, data.y_val)
+
+        # 6. read the numbers: the one host synchronisation of the epoch
+        train_value, val_value, quality_value = torch.stack(
+            [epoch_loss, val_loss, val_quality]
+        ).tolist()
+        if not math.isfinite(train_value):
+            raise DivergedError(epoch, train_value)
+        result = EpochResult(
+            epoch=epoch,
+            metrics={"train_loss": train_value, "val_loss": val_value, quality_name: quality_value},
+            timestamp_ms=int(time.time() * 1000),
+        )
+        history.append(result)
+        for callback in callbacks:  # print, record, track
+            callback(result)
+    return history

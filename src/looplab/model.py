@@ -1,0 +1,210 @@
+"""The network and its loss, written twice: by hand, as in the tutorial, and with torch.nn.
+
+Both versions start from the same initial numbers (`initial_parameters`) and compute the same
+functions, so a run with `model.impl=manual` and one with `model.impl=module` give the same
+loss history. Binary and regression models output (N, 1); multiclass models (N, classes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from looplab.data import TaskKind
+from looplab.errors import ShapeError
+
+Tensor = torch.Tensor
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+# The tutorial clamps probabilities before the log so that log(0) never happens.
+TUTORIAL_EPSILON = 1e-7
+
+
+def initial_parameters(
+    sizes: list[int], init: str, dtype: torch.dtype, generator: torch.Generator
+) -> list[tuple[Tensor, Tensor]]:
+    """Weights (in, out) and biases (out,) for each layer, on the CPU.
+
+    `default` draws from U(-1/sqrt(in), 1/sqrt(in)) as `nn.Linear` does; `seed` is the
+    tutorial's `torch.rand` weights and zero bias.
+    """
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        if init == "seed":
+            weights = torch.rand(fan_in, fan_out, dtype=dtype, generator=generator)
+            bias = torch.zeros(fan_out, dtype=dtype)
+        else:
+            bound = 1 / math.sqrt(fan_in)
+            weights = torch.empty(fan_in, fan_out, dtype=dtype).uniform_(
+                -bound, bound, generator=generator
+            )
+            bias = torch.empty(fan_out, dtype=dtype).uniform_(-bound, bound, generator=generator)
+        layers.append((weights, bias))
+    return layers
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": lambda z: torch.clamp(z, min=0),
+    "tanh": torch.tanh,
+    "sigmoid": lambda z: 1 / (1 + torch.exp(-z)),
+}
+MODULE_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+class MySimpleNN:
+    """The tutorial's network: plain tensors with `requires_grad=True`, forward written out.
+
+    With no hidden layer (width 0) it is the tutorial's single neuron `x @ w + b`.
+    """
+
+    def __init__(self, layers: list[tuple[Tensor, Tensor]], activation: str) -> None:
+        self.layers = [
+            (w.clone().requires_grad_(True), b.clone().requires_grad_(True)) for w, b in layers
+        ]
+        self.activation = ACTIVATIONS[activation]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        *hidden, (w_out, b_out) = self.layers
+        for weights, bias in hidden:
+            x = self.activation(torch.matmul(x, weights) + bias)
+        return torch.matmul(x, w_out) + b_out
+
+    def parameters(self) -> list[Tensor]:
+        return [tensor for layer in self.layers for tensor in layer]
+
+    def to(self, device: torch.device) -> MySimpleNN:
+        self.layers = [
+            (w.detach().to(device).requires_grad_(True), b.detach().to(device).requires_grad_(True))
+            for w, b in self.layers
+        ]
+        return self
+
+
+def module_network(layers: list[tuple[Tensor, Tensor]], activation: str) -> nn.Sequential:
+    """The same network from `torch.nn` layers, loaded with the same initial numbers."""
+    modules: list[nn.Module] = []
+    for index, (weights, bias) in enumerate(layers):
+        linear = nn.Linear(weights.shape[0], weights.shape[1], dtype=weights.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weights.T)
+            linear.bias.copy_(bias)
+        modules.append(linear)
+        if index < len(layers) - 1:
+            modules.append(MODULE_ACTIVATIONS[activation]())
+    return nn.Sequential(*modules)
+
+
+def build_model(
+    n_features: int,
+    n_outputs: int,
+    *,
+    width: int,
+    activation: str,
+    impl: str,
+    init: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+) -> MySimpleNN | nn.Module:
+    """A width-0 (one layer) or one-hidden-layer network, by hand or from torch.nn."""
+    sizes = [n_features, width, n_outputs] if width > 0 else [n_features, n_outputs]
+    layers = initial_parameters(sizes, init, dtype, torch.Generator().manual_seed(seed))
+    if impl == "manual":
+        return MySimpleNN(layers, activation).to(device)
+    return module_network(layers, activation).to(device)
+
+
+def check_shapes(prediction: Tensor, target: Tensor, task: TaskKind) -> None:
+    """Refuse shapes that would broadcast, like the tutorial's (N, 1) against (N,)."""
+    if task == "multiclass":
+        ok = prediction.ndim == 2 and target.shape == prediction.shape[:1]
+        expected = "logits (N, classes) and labels (N,)"
+    else:
+        ok = prediction.shape == target.shape
+        expected = "the same shape for both"
+    if not ok:
+        raise ShapeError(
+            f"prediction shape {tuple(prediction.shape)} does not fit target shape "
+            f"{tuple(target.shape)}: expected {expected}; mismatched shapes would broadcast "
+            "into a wrong loss"
+        )
+
+
+# --- Losses written out by hand -----------------------------------------------------------
+
+
+def bce_with_logits(z: Tensor, y: Tensor) -> Tensor:
+    """Binary cross-entropy of sigmoid(z), in the stable logits form.
+
+    log(1 + e^-|z|) + max(-z, 0) + (1 - y) z equals -[y log s + (1 - y) log(1 - s)] with
+    s = sigmoid(z), but never takes the log of a rounded 0 or 1.
+    """
+    return ((1 - y) * z + torch.log1p(torch.exp(-z.abs())) + torch.clamp(-z, min=0)).mean()
+
+
+def tutorial_bce(z: Tensor, y: Tensor) -> Tensor:
+    """The tutorial's loss: sigmoid, clamp to [1e-7, 1 - 1e-7], then the cross-entropy."""
+    p = torch.clamp(1 / (1 + torch.exp(-z)), TUTORIAL_EPSILON, 1 - TUTORIAL_EPSILON)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def cross_entropy(z: Tensor, y: Tensor) -> Tensor:
+    """Softmax cross-entropy: log-sum-exp of the logits minus the logit of the true class."""
+    top = z.max(dim=1, keepdim=True).values
+    log_sum_exp = top.squeeze(1) + torch.log(torch.exp(z - top).sum(dim=1))
+    return (log_sum_exp - z.gather(1, y.unsqueeze(1)).squeeze(1)).mean()
+
+
+def squared_error(z: Tensor, y: Tensor) -> Tensor:
+    """Mean squared error."""
+    return ((z - y) ** 2).mean()
+
+
+MANUAL_LOSSES: dict[TaskKind, LossFn] = {
+    "binary": bce_with_logits,
+    "multiclass": cross_entropy,
+    "regression": squared_error,
+}
+MODULE_LOSSES: dict[TaskKind, Callable[[], nn.Module]] = {
+    "binary": nn.BCEWithLogitsLoss,
+    "multiclass": nn.CrossEntropyLoss,
+    "regression": nn.MSELoss,
+}
+
+
+def loss_function(task: TaskKind, impl: str, loss: str = "logits") -> LossFn:
+    """The loss for a task, checked for shapes; `torch.nn`'s own with `impl=module`."""
+    if loss == "tutorial":
+        if task != "binary":
+            raise ShapeError("the tutorial's clamped loss is for binary tasks only")
+        raw: LossFn = tutorial_bce
+    elif impl == "module":
+        raw = MODULE_LOSSES[task]()
+    else:
+        raw = MANUAL_LOSSES[task]
+
+    def checked(prediction: Tensor, target: Tensor) -> Tensor:
+        check_shapes(prediction, target, task)
+        return raw(prediction, target)
+
+    checked.__doc__ = raw.__doc__
+    return checked
+
+
+def quality(prediction: Tensor, target: Tensor, task: TaskKind, target_std: float) -> Tensor:
+    """Accuracy for classes, RMSE in the target's own units for regression (a device tensor)."""
+    check_shapes(prediction, target, task)
+    if task == "regression":
+        return torch.sqrt(((prediction - target) ** 2).mean()) * target_std
+    if task == "binary":
+        correct = (prediction > 0).to(target.dtype) == target
+    else:
+        correct = prediction.argmax(dim=1) == target
+    return correct.to(prediction.dtype).mean()

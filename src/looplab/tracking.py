@@ -1,0 +1,376 @@
+"""MLflow tracking, done by a writer process so that the training process never waits for it.
+
+This is the only module that talks to MLflow. `Tracker` lives in the training process and
+never imports MLflow: it buffers epoch results and pipes them, a few times a second, to a
+child process (`python -m looplab.tracking`) that owns the MLflow client, writes metrics
+with `log_batch`, and ends the run. MLflow's per-metric Python cost then runs on another
+core, and the child starts importing MLflow while the parent is still loading torch and data.
+
+Messages are pickled tuples on the child's stdin; replies come back on its stdout.
+If the training process dies without saying goodbye, the child sees end-of-file and marks
+the run KILLED, so no run is ever left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from looplab.errors import TrackingError
+
+if TYPE_CHECKING:  # the writer process must not pay for importing torch
+    from omegaconf import DictConfig
+
+    from looplab.loop import EpochResult
+
+# The parent sends buffered epochs at least this often (seconds) or every this many epochs.
+SEND_SECONDS = 0.5
+SEND_EPOCHS = 500
+# MLflow's own limits per log_batch call.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
+# How long the parent waits for the store to answer before giving up, and for the last flush.
+CONNECT_TIMEOUT_SECONDS = 60.0
+FINISH_TIMEOUT_SECONDS = 120.0
+HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
+
+
+def start_tracker(cfg: DictConfig) -> Tracker | None:
+    """Start the writer process for a plain config, or None when tracking is off."""
+    if not cfg.tracking.enabled:
+        return None
+    return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+
+
+class Tracker:
+    """The training process's side: starts the writer, hands it epochs, ends the run."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.pending: list[tuple[int, int, dict[str, float]]] = []
+        self.last_send = time.monotonic()
+        self.run_id: str | None = None
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "looplab.tracking"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=False,
+        )
+        self._send(("open", uri, experiment))
+
+    # -- protocol ----------------------------------------------------------------------------
+    def _send(self, message: tuple[Any, ...]) -> None:
+        assert self.process.stdin is not None
+        try:
+            pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise TrackingError(f"the MLflow writer for {self.uri} stopped unexpectedly") from None
+
+    def _receive(self, timeout: float, waiting_for: str) -> tuple[Any, ...]:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            self.process.kill()
+            raise TrackingError(
+                f"MLflow store {self.uri} did not answer within {timeout:.0f} s ({waiting_for})"
+            )
+        try:
+            reply = pickle.load(self.process.stdout)
+        except EOFError:
+            raise TrackingError(
+                f"the MLflow writer for {self.uri} exited while {waiting_for}"
+            ) from None
+        if reply[0] == "error":
+            raise TrackingError(reply[1])
+        return reply
+
+    # -- the run -----------------------------------------------------------------------------
+    def start_run(
+        self,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        artifacts: list[tuple[Path, str | None]],
+    ) -> str:
+        """Create the run with its params, tags and start-up artifacts; return its id."""
+        files = [(str(path), artifact_path) for path, artifact_path in artifacts]
+        self._send(("start", run_name, params, tags, files))
+        _, self.run_id, _experiment_id = self._receive(CONNECT_TIMEOUT_SECONDS, "starting the run")
+        return self.run_id
+
+    def __call__(self, result: EpochResult) -> None:
+        """Epoch callback: buffer, and pass the buffer on a few times a second."""
+        self.pending.append((result.epoch, result.timestamp_ms, result.metrics))
+        now = time.monotonic()
+        if now - self.last_send >= SEND_SECONDS or len(self.pending) >= SEND_EPOCHS:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if self.pending:
+            self._send(("metrics", self.pending))
+            self.pending = []
+        self.last_send = time.monotonic() if now is None else now
+
+    def finish(
+        self,
+        status: str,
+        tags: dict[str, str] | None = None,
+        artifacts: list[tuple[Path, str | None]] = (),
+    ) -> str | None:
+        """Flush, log the closing artifacts, end the run as `status`; return any warning."""
+        try:
+            self.flush()
+            files = [(str(path), artifact_path) for path, artifact_path in artifacts]
+            self._send(("end", status, tags or {}, files))
+            _, warning = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
+            return warning
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the writer; a started run it still holds is ended as KILLED by the writer."""
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=FINISH_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+# =========================================================================================
+# The writer process: everything below runs in `python -m looplab.tracking`.
+# =========================================================================================
+
+
+class _Writer:
+    """Owns the MLflow client: opens the store, creates the run, writes batches, ends it."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        self.open_error: str | None = None
+        self.run_id: str | None = None
+        self.undelivered = 0
+        self.store_error: str | None = None
+        self.first_undelivered_epoch: int | None = None
+
+    def send(self, *message: Any) -> None:
+        pickle.dump(message, self.reply, protocol=pickle.HIGHEST_PROTOCOL)
+        self.reply.flush()
+
+    def open(self, uri: str, experiment: str) -> None:
+        try:
+            self.client, self.experiment_id = _open_store(uri, experiment)
+        except Exception as error:  # reported when the run is asked for
+            self.open_error = f"cannot use MLflow store {uri}: {_first_line(error)}"
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], files) -> None:
+        if self.open_error:
+            self.send("error", self.open_error)
+            return
+        from mlflow.entities import Param
+
+        try:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+            for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(
+                    self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH]
+                )
+            self._log_artifacts(files)
+        except Exception as error:
+            if self.run_id:
+                self._terminate("FAILED")
+            self.send("error", f"cannot start an MLflow run: {_first_line(error)}")
+            return
+        self.send("started", self.run_id, self.experiment_id)
+
+    def metrics(self, epochs: list[tuple[int, int, dict[str, float]]]) -> None:
+        from mlflow.entities import Metric
+
+        batch = [
+            Metric(name, value, timestamp, epoch)
+            for epoch, timestamp, values in epochs
+            for name, value in values.items()
+        ]
+        if self.store_error:  # the store went away: count, do not retry for minutes
+            self._lost(epochs, len(batch))
+            return
+        for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            try:
+                self.client.log_batch(
+                    self.run_id, metrics=batch[start : start + MAX_METRICS_PER_BATCH]
+                )
+            except Exception as error:
+                self.store_error = _first_line(error)
+                self._lost(epochs, len(batch) - start)
+                return
+
+    def _lost(self, epochs: list[tuple[int, int, dict[str, float]]], count: int) -> None:
+        self.undelivered += count
+        if self.first_undelivered_epoch is None:
+            self.first_undelivered_epoch = epochs[0][0]
+
+    def end(self, status: str, tags: dict[str, str], files) -> None:
+        if not self.store_error:
+            try:
+                for key, value in tags.items():
+                    self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LENGTH])
+                self._log_artifacts(files)
+            except Exception as error:
+                self.store_error = _first_line(error)
+        self._terminate(status)
+        warning = None
+        if self.store_error:
+            warning = (
+                f"the MLflow store stopped answering ({self.store_error}); "
+                f"{self.undelivered} metric values from epoch "
+                f"{self.first_undelivered_epoch or '?'} on did not reach it"
+            )
+        self.run_id = None
+        self.send("ended", warning)
+
+    def abandon(self) -> None:
+        """The training process went away without ending the run: mark it KILLED."""
+        if self.run_id:
+            self._terminate("KILLED")
+
+    def _terminate(self, status: str) -> None:
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as error:
+            self.store_error = self.store_error or _first_line(error)
+
+    def _log_artifacts(self, files: list[tuple[str, str | None]]) -> None:
+        for path, artifact_path in files:
+            if Path(path).is_dir():
+                self.client.log_artifacts(self.run_id, path, artifact_path)
+            elif Path(path).is_file():
+                self.client.log_artifact(self.run_id, path, artifact_path)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _open_store(uri: str, experiment: str) -> tuple[Any, str]:
+    """Open (and if need be create) the store and the experiment, safely under concurrency.
+
+    A new SQLite store is created under a file lock: MLflow's schema migration fails when
+    several processes run it at once. The experiment is looked up or created under the same
+    lock, and the run later gets its id explicitly, so no run lands in `Default`.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    client = MlflowClient(tracking_uri=uri)
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        location = (database.parent / "artifacts").as_uri() if database else None
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # another process created it in the meantime
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    if database is None:
+        return client, get_or_create()
+    from filelock import FileLock
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
+        return client, get_or_create()
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers."""
+    import requests
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=HTTP_HEALTH_TIMEOUT_SECONDS)
+    except requests.RequestException:
+        raise ConnectionError(f"no MLflow server answers at {uri}") from None
+
+
+def _reader(stream: Any, inbox: Any) -> None:
+    """Read messages off the pipe as fast as they come, so the parent never blocks on it."""
+    while True:
+        try:
+            inbox.put(pickle.load(stream))
+        except (EOFError, pickle.UnpicklingError, OSError):
+            inbox.put(("eof",))
+            return
+
+
+def writer_main() -> None:
+    """Entry of the writer process. Signals are the parent's business: it tells us to end."""
+    import logging
+    import queue
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    # Keep the protocol's stdout to ourselves; anything MLflow prints goes to stderr.
+    reply = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_reader, args=(sys.stdin.buffer, inbox), daemon=True).start()
+    writer = _Writer(reply)
+    held: tuple[Any, ...] | None = None
+    while True:
+        message, held = (held, None) if held else (inbox.get(), None)
+        kind, args = message[0], message[1:]
+        if kind == "metrics":  # gather whatever else has arrived into one write
+            epochs = list(args[0])
+            while held is None and not inbox.empty():
+                more = inbox.get()
+                if more[0] == "metrics":
+                    epochs.extend(more[1])
+                else:
+                    held = more
+            writer.metrics(epochs)
+        elif kind == "open":
+            writer.open(*args)
+        elif kind == "start":
+            writer.start(*args)
+        elif kind == "end":
+            writer.end(*args)
+            break
+        elif kind == "eof":
+            writer.abandon()
+            break
+    # The reader thread may still be blocked on stdin; leave without waiting for it.
+    reply.close()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    writer_main()

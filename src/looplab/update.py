@@ -1,0 +1,69 @@
+"""The parameter update, two ways: by hand under `torch.no_grad()`, or `torch.optim.SGD`.
+
+Both expose `step()` and `zero_grad()`, so the loop reads the same either way. The manual
+update does momentum and weight decay by hand, exactly as `torch.optim.SGD` defines them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Updater(Protocol):
+    def step(self) -> None: ...
+
+    def zero_grad(self) -> None: ...
+
+
+class ManualUpdate:
+    """`p -= lr * p.grad` under `torch.no_grad()`, then zero the gradients by hand.
+
+    With weight decay the gradient first gets `weight_decay * p`; with momentum a velocity
+    buffer `v = momentum * v + g` (the raw gradient on the first step) replaces the gradient.
+    """
+
+    def __init__(
+        self,
+        parameters: list[torch.Tensor],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.parameters = list(parameters)
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.velocity: list[torch.Tensor | None] = [None] * len(self.parameters)
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for index, p in enumerate(self.parameters):
+                grad = p.grad
+                if self.weight_decay:
+                    grad = grad + self.weight_decay * p
+                if self.momentum:
+                    previous = self.velocity[index]
+                    grad = grad.clone() if previous is None else self.momentum * previous + grad
+                    self.velocity[index] = grad
+                p -= self.lr * grad
+
+    def zero_grad(self) -> None:
+        for p in self.parameters:
+            if p.grad is not None:
+                p.grad.zero_()
+
+
+def build_update(
+    name: str,
+    parameters: list[torch.Tensor],
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> Updater:
+    """The `update=` choice: `manual` or `sgd`."""
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return ManualUpdate(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
