@@ -9,7 +9,7 @@ entry point, so tests can compose configs with `initialize`/`compose` and reuse 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,50 +21,50 @@ from looplab.errors import ConfigError
 RESOURCES = Path(__file__).parent / "resources"
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     classification = "classification"
     regression = "regression"
 
 
-class Impl(str, Enum):
+class Impl(StrEnum):
     manual = "manual"
     module = "module"
 
 
-class Init(str, Enum):
+class Init(StrEnum):
     default = "default"
     seed = "seed"
 
 
-class Activation(str, Enum):
+class Activation(StrEnum):
     relu = "relu"
     tanh = "tanh"
     sigmoid = "sigmoid"
 
 
-class Loss(str, Enum):
+class Loss(StrEnum):
     logits = "logits"
     tutorial = "tutorial"
 
 
-class UpdateName(str, Enum):
+class UpdateName(StrEnum):
     manual = "manual"
     sgd = "sgd"
 
 
-class DeviceName(str, Enum):
+class DeviceName(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     float32 = "float32"
     float64 = "float64"
 
 
-class PrintStyle(str, Enum):
+class PrintStyle(StrEnum):
     full = "full"
     tutorial = "tutorial"
 

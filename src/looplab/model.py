@@ -7,6 +7,7 @@ loss history. Binary and regression models output (N, 1); multiclass models (N, 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -32,7 +33,7 @@ def initial_parameters(
     tutorial's `torch.rand` weights and zero bias.
     """
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         if init == "seed":
             weights = torch.rand(fan_in, fan_out, dtype=dtype, generator=generator)
             bias = torch.zeros(fan_out, dtype=dtype)

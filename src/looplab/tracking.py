@@ -13,6 +13,7 @@ the run KILLED, so no run is ever left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -140,10 +141,8 @@ class Tracker:
     def close(self) -> None:
         """Stop the writer; a started run it still holds is ended as KILLED by the writer."""
         if self.process.stdin and not self.process.stdin.closed:
-            try:
+            with contextlib.suppress(OSError):
                 self.process.stdin.close()
-            except OSError:
-                pass
         try:
             self.process.wait(timeout=FINISH_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
