@@ -275,15 +275,15 @@ def _open_store(uri: str, experiment: str) -> tuple[Any, str]:
     several processes run it at once. The experiment is looked up or created under the same
     lock, and the run later gets its id explicitly, so no run lands in `Default`.
     """
+    import logging
+
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    client = MlflowClient(tracking_uri=uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
     database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
-    def get_or_create() -> str:
+    def get_or_create(client: MlflowClient) -> str:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
@@ -297,12 +297,17 @@ def _open_store(uri: str, experiment: str) -> tuple[Any, str]:
             return found.experiment_id
 
     if database is None:
-        return client, get_or_create()
+        if uri.startswith(("http://", "https://")):
+            _check_server(uri)
+        client = MlflowClient(tracking_uri=uri)
+        return client, get_or_create(client)
     from filelock import FileLock
 
     database.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{database}.lock"):
-        return client, get_or_create()
+    with FileLock(f"{database}.lock"):  # the store's schema migration happens in here
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+        return client, get_or_create(client)
 
 
 def _check_server(uri: str) -> None:
@@ -329,14 +334,12 @@ def _reader(stream: Any, inbox: Any) -> None:
 
 def writer_main() -> None:
     """Entry of the writer process. Signals are the parent's business: it tells us to end."""
-    import logging
     import queue
     import signal
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
     # Keep the protocol's stdout to ourselves; anything MLflow prints goes to stderr.
     reply = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
