@@ -184,6 +184,7 @@ class _Writer:
         from mlflow.entities import Param
 
         try:
+            tags = {**_source_tags(), **tags}
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
             items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
@@ -261,6 +262,22 @@ class _Writer:
                 self.client.log_artifacts(self.run_id, path, artifact_path)
             elif Path(path).is_file():
                 self.client.log_artifact(self.run_id, path, artifact_path)
+
+
+def _source_tags() -> dict[str, str]:
+    """The tags MLflow's own `start_run` would set: user, and the git commit of the launch dir."""
+    import getpass
+
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.type": "LOCAL"}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return tags
+    if commit.returncode == 0:
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    return tags
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,0 +1,124 @@
+"""The real `looplab-train`, run in a subprocess as a user types it, against a real store."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import store_uri
+
+pytestmark = pytest.mark.slow
+
+
+def only_run(client, experiment: str = "looplab"):
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment} was not created"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_a_run_records_params_every_epoch_and_its_config(run_cli, client, tmp_path) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    done = run_cli("train.epochs=7", "model.width=4", "update=sgd")
+    assert done.returncode == 0, done.stderr
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "breast_cancer-w4-sgd-lr0.1"
+    params = run.data.params
+    assert params["model.width"] == "4" and params["train.lr"] == "0.1"
+    assert (params["dataset"], params["update"], params["device"]) == (
+        "breast_cancer",
+        "sgd",
+        "auto",
+    )
+    assert params["tracking.uri"] == store_uri(tmp_path.resolve())
+    assert run.data.tags["looplab.device"] == "cpu"
+    assert run.data.tags["mlflow.source.git.commit"] == head.strip()
+    for name in ("train_loss", "val_loss", "val_accuracy"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, 8))
+    stamps = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert stamps == sorted(stamps) and stamps[-1] >= stamps[0]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.csv", ".hydra"} <= artifacts
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert ".hydra/overrides.yaml" in hydra_files
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert "width: 4" in open(config).read()
+    # Everything the run wrote stays under outputs/.
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.iterdir()}
+    assert written <= {"outputs", "config.yaml", ".git"}
+    assert list((tmp_path / "outputs" / "runs").glob("*/*/metrics.csv"))
+
+
+def test_seed_preset_prints_the_tutorials_lines_and_learns(run_cli, client) -> None:
+    done = run_cli("experiment=seed")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    epoch_lines = [line for line in lines if line.startswith("Epoch: ")]
+    assert len(epoch_lines) == 25
+    assert re.fullmatch(r"Epoch: 1, Loss: \d+\.\d+(e-?\d+)?", epoch_lines[0])
+    assert epoch_lines[-1].startswith("Epoch: 25, Loss: ")
+    losses = [float(line.split("Loss: ")[1]) for line in epoch_lines]
+    assert losses[-1] < losses[0]
+    run = only_run(client)
+    assert run.data.metrics["val_accuracy"] >= 0.9
+    assert run.data.params["train.dtype"] == "float64"
+
+
+def test_tracking_disabled_leaves_no_store_and_never_imports_mlflow(run_cli, tmp_path) -> None:
+    done = run_cli("train.epochs=2", "tracking.enabled=false")
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.rglob("mlflow.db*")) and not list(tmp_path.rglob("artifacts"))
+    assert list(tmp_path.glob("outputs/runs/*/*/metrics.csv"))
+    probe = (
+        "import sys, looplab.train as t; sys.argv=['looplab-train','train.epochs=1',"
+        "'tracking.enabled=false','train.print_every=0']\n"
+        "try:\n    t.main()\nfinally:\n    assert 'mlflow' not in sys.modules, 'mlflow imported'"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_sweep_records_one_run_per_job_under_outputs_sweeps(run_cli, client, tmp_path) -> None:
+    done = run_cli("-m", "train.lr=0.05,0.5", "model.width=0,3", "train.epochs=2")
+    assert done.returncode == 0, done.stderr
+    found = client.get_experiment_by_name("looplab")
+    runs = client.search_runs([found.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"breast_cancer-w{w}-manual-lr{lr}" for lr in ("0.05", "0.5") for w in (0, 3)
+    )
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len(list(tmp_path.glob("outputs/sweeps/*/*/*/metrics.csv"))) == 4
+
+
+def test_a_recorded_config_runs_again_with_the_same_losses(run_cli, tmp_path) -> None:
+    first = run_cli("train.epochs=4", "model.width=3", "tracking.enabled=false")
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = list(tmp_path.glob("outputs/runs/*/*"))
+    again = run_cli("--config-dir", str(run_dir), "--config-name", "config")
+    assert again.returncode == 0, again.stderr
+    csvs = sorted(tmp_path.glob("outputs/**/metrics.csv"))
+    assert len(csvs) == 2
+    losses = [[line.split(",")[2] for line in p.read_text().splitlines()[1:]] for p in csvs]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_python_dash_m_is_the_same_entry_point(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "looplab.train", "train.epochs=1", "tracking.enabled=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Epoch: 1/1, Loss: ")

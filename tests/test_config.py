@@ -1,0 +1,110 @@
+"""Every option of every config group composes, validates and flattens into MLflow params."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_raw
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from looplab.config import config_dir, flatten, plain_config, run_name, validate
+
+GROUPS = ["dataset", "update", "device", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
+def test_the_groups_offer_what_the_docs_promise() -> None:
+    assert options("dataset") == ["breast_cancer", "csv", "diabetes", "digits", "iris", "wine"]
+    assert options("update") == ["manual", "sgd"]
+    assert options("device") == ["auto", "cpu", "cuda", "mps"]
+    assert "seed" in options("experiment")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={option}" for group in GROUPS for option in options(group)]
+    + [
+        "model.impl=module",
+        "model.init=seed",
+        "model.width=16",
+        "model.activation=tanh",
+        "model.activation=sigmoid",
+        "train.dtype=float64",
+        "train.batch_size=32",
+        "train.momentum=0.9",
+        "train.weight_decay=0.001",
+        "train.print_style=tutorial",
+        "tracking.enabled=false",
+        "tracking.uri=sqlite:////tmp/elsewhere.db",
+        "tracking.experiment=other",
+    ],
+)
+def test_every_option_composes_and_validates(override: str) -> None:
+    extra = ["dataset.path=x.csv", "dataset.target=y"] if override == "dataset=csv" else []
+    cfg = plain_config(compose_raw(override, *extra))
+    validate(cfg)
+    key, value = override.split("=", 1)
+    if key in GROUPS[:3]:
+        assert cfg[key].name == value
+    elif key != "experiment":
+        assert str(flatten(cfg)[key]) in {value, value.replace("false", "False")}
+
+
+def test_defaults_are_the_tutorials_loop() -> None:
+    cfg = plain_config(compose_raw())
+    assert (cfg.dataset.name, cfg["update"].name, cfg.device.name) == (
+        "breast_cancer",
+        "manual",
+        "auto",
+    )
+    assert (cfg.model.width, cfg.model.impl, cfg.train.epochs, cfg.train.batch_size) == (
+        0,
+        "manual",
+        100,
+        None,
+    )
+    assert (cfg.train.dtype, cfg.seed, cfg.tracking.experiment) == ("float32", 42, "looplab")
+
+
+def test_seed_preset_is_the_tutorials_recipe() -> None:
+    cfg = plain_config(compose_raw("experiment=seed"))
+    assert cfg.dataset.name == "csv" and cfg.dataset.path.endswith("breast_cancer.csv")
+    assert (cfg.dataset.target, list(cfg.dataset.drop)) == ("diagnosis", ["id"])
+    assert (cfg.model.width, cfg.model.impl, cfg.model.init, cfg.model.loss) == (
+        0,
+        "manual",
+        "seed",
+        "tutorial",
+    )
+    assert (cfg["update"].name, cfg.train.lr, cfg.train.epochs, cfg.train.dtype) == (
+        "manual",
+        0.1,
+        25,
+        "float64",
+    )
+    assert run_name(cfg) == "breast_cancer-w0-manual-lr0.1"
+
+
+def test_an_unset_store_becomes_an_absolute_sqlite_path_under_outputs(tmp_path) -> None:
+    cfg = plain_config(compose_raw(), launch_dir=tmp_path)
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path.resolve()}/outputs/mlflow.db"
+
+
+def test_flatten_gives_dotted_keys_with_resolved_values() -> None:
+    flat = flatten(plain_config(compose_raw("model.width=7", "update=sgd")))
+    assert flat["model.width"] == "7"
+    assert flat["update.name"] == "sgd"
+    assert flat["train.lr"] == "0.1"
+    assert not any(value.startswith("${") for value in flat.values())
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.impl=keras", "train.lr=fast", "model.width=wide", "train.dtype=float16"],
+)
+def test_wrong_types_and_options_fail_when_composed(override: str) -> None:
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        compose_raw(override)

@@ -1,0 +1,91 @@
+"""Data sets load, split and scale as the tutorial does, for built-ins and for any CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from looplab import data
+from looplab.config import RESOURCES
+
+TUTORIAL_CSV = RESOURCES / "breast_cancer.csv"
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "n_classes", "n_features"),
+    [
+        ("breast_cancer", "binary", 2, 30),
+        ("iris", "multiclass", 3, 4),
+        ("wine", "multiclass", 3, 13),
+        ("digits", "multiclass", 10, 64),
+        ("diabetes", "regression", 0, 10),
+    ],
+)
+def test_builtin_sets_split_and_scale(name, task, n_classes, n_features) -> None:
+    split = data.load(name, test_size=0.2, seed=42)
+    assert (split.task, split.n_classes, split.n_features) == (task, n_classes, n_features)
+    total = len(split.y_train) + len(split.y_val)
+    assert len(split.y_val) == int(np.ceil(0.2 * total))
+    # The scaler saw the training rows only: they are standardised, the validation rows are not.
+    np.testing.assert_allclose(split.x_train.mean(axis=0), 0, atol=1e-9)
+    assert np.abs(split.x_val.mean(axis=0)).max() > 1e-6
+    if task != "regression":  # stratified: class shares agree between the two splits
+        share_train = np.bincount(split.y_train) / len(split.y_train)
+        share_val = np.bincount(split.y_val) / len(split.y_val)
+        assert np.abs(share_train - share_val).max() < 0.05
+
+
+def test_split_is_seeded() -> None:
+    first, again = data.load("wine", seed=3), data.load("wine", seed=3)
+    other = data.load("wine", seed=4)
+    np.testing.assert_array_equal(first.x_val, again.x_val)
+    assert not np.array_equal(first.x_val, other.x_val)
+
+
+def test_builtin_breast_cancer_matches_the_tutorials_csv_with_malignant_as_one() -> None:
+    features, labels = data.load_table("breast_cancer")
+    table = pd.read_csv(TUTORIAL_CSV)
+    np.testing.assert_allclose(features.to_numpy(), table.iloc[:, 2:32].to_numpy())
+    np.testing.assert_array_equal(labels.to_numpy(), (table["diagnosis"] == "M").astype(int))
+
+
+def test_tutorial_csv_drops_id_and_the_empty_column_and_encodes_b0_m1() -> None:
+    features, labels = data.load_table(
+        "csv", path=str(TUTORIAL_CSV), target="diagnosis", drop=["id"]
+    )
+    assert "Unnamed: 32" not in features.columns and "id" not in features.columns
+    assert features.shape == (569, 30)
+    encoded, n_classes = data.encode_labels(labels, "binary")
+    assert n_classes == 2
+    assert encoded[labels.to_numpy() == "B"].max() == 0
+    assert encoded[labels.to_numpy() == "M"].min() == 1
+
+
+def write(tmp_path, frame: pd.DataFrame) -> str:
+    path = tmp_path / "table.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_csv_task_is_inferred_and_can_be_forced(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    frame["price"] = frame.a * 3 + rng.normal(size=60)  # continuous: regression
+    frame["grade"] = np.arange(60) % 3  # three integer values: classes
+    frame["colour"] = np.where(frame.a > 0, "red", "blue")  # strings: classes
+    path = write(tmp_path, frame)
+    split = data.load("csv", path=path, target="price", drop=["grade", "colour"])
+    assert split.task == "regression"
+    split = data.load("csv", path=path, target="grade", drop=["price", "colour"])
+    assert (split.task, split.n_classes) == ("multiclass", 3)
+    split = data.load("csv", path=path, target="colour", drop=["price", "grade"])
+    assert (split.task, split.n_classes) == ("binary", 2)
+    split = data.load("csv", path=path, target="grade", drop=["colour"], task="regression")
+    assert split.task == "regression"
+
+
+def test_regression_targets_are_standardised_and_remember_their_unit() -> None:
+    split = data.load("diabetes")
+    assert abs(split.y_train.mean()) < 1e-9 and abs(split.y_train.std() - 1) < 1e-9
+    assert split.target_std > 10  # disease progression is in the tens to hundreds
