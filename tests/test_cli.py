@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import store_uri
@@ -50,7 +51,7 @@ def test_a_run_records_params_every_epoch_and_its_config(run_cli, client, tmp_pa
     hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
     assert ".hydra/overrides.yaml" in hydra_files
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
-    assert "width: 4" in open(config).read()
+    assert "width: 4" in Path(config).read_text()
     # Everything the run wrote stays under outputs/.
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.iterdir()}
     assert written <= {"outputs", "config.yaml", ".git"}
