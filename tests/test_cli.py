@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import store_uri
+from conftest import CLI, store_uri
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +126,39 @@ def test_python_dash_m_is_the_same_entry_point(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Epoch: 1/1, Loss: ")
+
+
+def test_metrics_reach_the_store_while_the_run_is_still_going(tmp_path, client) -> None:
+    """The UI draws a live curve: batches are flushed every few seconds, not only at the end."""
+    job = subprocess.Popen(
+        [
+            CLI,
+            "dataset=digits",
+            "model.width=64",
+            "train.batch_size=16",
+            "train.epochs=100000",
+            "train.print_every=0",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(set(seen)) < 2 and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.5)
+            if not (tmp_path / "outputs" / "mlflow.db").exists():
+                continue
+            experiment = client.get_experiment_by_name("looplab")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and runs[0].info.status == "RUNNING":
+                history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+                if history:
+                    seen.append(max(m.step for m in history))
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.wait(timeout=60)
+    assert len(set(seen)) >= 2, f"no growing curve while RUNNING: {seen}"
