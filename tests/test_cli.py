@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -162,3 +166,30 @@ def test_metrics_reach_the_store_while_the_run_is_still_going(tmp_path, client) 
         job.send_signal(signal.SIGINT)
         job.wait(timeout=60)
     assert len(set(seen)) >= 2, f"no growing curve while RUNNING: {seen}"
+
+
+def test_a_terminal_gets_a_progress_bar_with_the_loss_instead_of_lines(tmp_path) -> None:
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    job = subprocess.Popen(
+        [CLI, "train.epochs=30", "tracking.enabled=false"],
+        cwd=tmp_path,
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the job is done
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert job.wait(timeout=60) == 0
+    text = screen.decode(errors="replace")
+    assert "30/30" in text and "train_loss=" in text and "epoch" in text
+    assert "Epoch: 1/30" not in text
