@@ -8,10 +8,11 @@ entry point, so tests can compose configs with `initialize`/`compose` and reuse 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -148,9 +149,59 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value} is not allowed: {allowed}")
 
 
+def _schema_of(key: str) -> type | None:
+    """The dataclass that holds `key` (`model.width` -> ModelConfig), or None if none does."""
+    schema: type = LooplabConfig
+    for part in key.split(".")[:-1]:
+        if not is_dataclass(schema):
+            return None
+        hints = get_type_hints(schema)
+        if part not in hints or not is_dataclass(hints[part]):
+            return None
+        schema = hints[part]
+    return schema
+
+
+def unknown_key_message(key: str) -> str:
+    """One line for a key the schema lacks: the nearest known key, and all keys beside it.
+
+    Hydra's own hint (`+key=value`) would be no help: looplab reads only schema keys, so an
+    added key is silently ignored. A typo is the likely cause, so the message offers fixes.
+    """
+    parent, _, name = key.rpartition(".")
+    schema = _schema_of(key)
+    if schema is None:
+        return f"unknown key {key}: {parent or 'the config'} has no sub-keys"
+    known = [f.name for f in fields(schema)]
+    close = difflib.get_close_matches(name, known, n=1)
+    prefix = f"{parent}." if parent else ""
+    hint = f"did you mean {prefix}{close[0]}? " if close else ""
+    where = f"{parent} has" if parent else "the top level has"
+    return (
+        f"unknown key {key}: {hint}{where} only {', '.join(known)} "
+        "(a new key must first be added to the schema in looplab/config.py)"
+    )
+
+
+def _check_keys(node: Any, schema: type, prefix: str = "") -> None:
+    """Reject keys outside the schema, e.g. a typo added with `+model.widht=3`."""
+    hints = get_type_hints(schema)
+    for key in node:
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(unknown_key_message(full))
+        if is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+            _check_keys(node[key], hints[key], f"{full}.")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Range checks that types cannot express, on a `plain_config`; raise ConfigError naming
-    the key, the bad value and what is allowed."""
+    """Check a `plain_config` in one place, before anything runs.
+
+    Types and enums are checked by Hydra against the schema; this adds unknown keys and the
+    ranges a type cannot express. Raise ConfigError naming the key, the bad value and what
+    is allowed.
+    """
+    _check_keys(cfg, LooplabConfig)
     train, model, dataset = cfg.train, cfg.model, cfg.dataset
     _require(train.lr > 0, "train.lr", train.lr, "it must be > 0")
     _require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
@@ -163,7 +214,7 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "it must be in [0, 1)")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
     _require(train.print_every >= 0, "train.print_every", train.print_every, "it must be >= 0")
-    _require(model.width >= 0, "model.width", model.width, "it must be >= 0")
+    _require(model.width >= 0, "model.width", model.width, "it must be >= 0 (0 = one neuron)")
     _require(
         0 < dataset.test_size < 1,
         "dataset.test_size",
@@ -176,11 +227,17 @@ def validate(cfg: DictConfig) -> None:
         model.loss,
         "the tutorial's clamped loss has no torch.nn twin; use it with model.impl=manual",
     )
+    _require(
+        bool(cfg.tracking.experiment),
+        "tracking.experiment",
+        "''",
+        "it must name an MLflow experiment",
+    )
     if dataset.name == "csv":
-        _require(dataset.path is not None, "dataset.path", None, "dataset=csv needs a CSV path")
-        _require(
-            dataset.target is not None, "dataset.target", None, "dataset=csv needs a target column"
-        )
+        if dataset.path is None:
+            raise ConfigError("dataset.path is missing: dataset=csv needs dataset.path=FILE.csv")
+        if dataset.target is None:
+            raise ConfigError("dataset.target is missing: dataset=csv needs dataset.target=COLUMN")
 
 
 def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:

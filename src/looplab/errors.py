@@ -32,3 +32,10 @@ class DivergedError(LooplabError):
         super().__init__(f"training diverged: loss is {loss} at epoch {epoch}")
         self.epoch = epoch
         self.loss = loss
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that a run can be ended as KILLED.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
+    """

@@ -58,6 +58,9 @@ class Tracker:
         self.pending: list[tuple[int, int, dict[str, float]]] = []
         self.last_send = time.monotonic()
         self.run_id: str | None = None
+        # Set when the writer went away mid-run: training goes on, and the user is told.
+        self.lost: str | None = None
+        self.lost_from_epoch: int | None = None
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "looplab.tracking"],
@@ -117,9 +120,13 @@ class Tracker:
             self.flush(now)
 
     def flush(self, now: float | None = None) -> None:
-        if self.pending:
-            self._send(("metrics", self.pending))
-            self.pending = []
+        """Hand the buffer to the writer; if the writer is gone, count what is lost, go on."""
+        if self.pending and self.lost is None:
+            try:
+                self._send(("metrics", self.pending))
+            except TrackingError as error:
+                self.lost, self.lost_from_epoch = str(error), self.pending[0][0]
+        self.pending = []
         self.last_send = time.monotonic() if now is None else now
 
     def finish(
@@ -128,15 +135,26 @@ class Tracker:
         tags: dict[str, str] | None = None,
         artifacts: list[tuple[Path, str | None]] = (),
     ) -> str | None:
-        """Flush, log the closing artifacts, end the run as `status`; return any warning."""
+        """Flush, log the closing artifacts, end the run as `status`; return any warning.
+
+        Training is over by now and `metrics.csv` holds every epoch, so a writer that fails
+        here is reported as a warning, not as an error that would hide a finished run.
+        """
         try:
             self.flush()
-            files = [(str(path), artifact_path) for path, artifact_path in artifacts]
-            self._send(("end", status, tags or {}, files))
-            _, warning = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
-            return warning
+            if self.lost is None:
+                files = [(str(path), artifact_path) for path, artifact_path in artifacts]
+                self._send(("end", status, tags or {}, files))
+                _, warning = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
+                return warning
+        except TrackingError as error:
+            self.lost = str(error)
         finally:
             self.close()
+        since = f" from epoch {self.lost_from_epoch} on" if self.lost_from_epoch else ""
+        return (
+            f"{self.lost}; the metrics{since} and the run's end ({status}) did not reach {self.uri}"
+        )
 
     def close(self) -> None:
         """Stop the writer; a started run it still holds is ended as KILLED by the writer."""
@@ -160,6 +178,7 @@ class _Writer:
     def __init__(self, reply: Any) -> None:
         self.reply = reply
         self.client: Any = None
+        self.uri = ""
         self.experiment_id: str | None = None
         self.open_error: str | None = None
         self.run_id: str | None = None
@@ -172,6 +191,7 @@ class _Writer:
         self.reply.flush()
 
     def open(self, uri: str, experiment: str) -> None:
+        self.uri = uri
         try:
             self.client, self.experiment_id = _open_store(uri, experiment)
         except Exception as error:  # reported when the run is asked for
@@ -209,7 +229,7 @@ class _Writer:
             for name, value in values.items()
         ]
         if self.store_error:  # the store went away: count, do not retry for minutes
-            self._lost(epochs, len(batch))
+            self._lost(batch[0].step if batch else None, len(batch))
             return
         for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
             try:
@@ -218,13 +238,14 @@ class _Writer:
                 )
             except Exception as error:
                 self.store_error = _first_line(error)
-                self._lost(epochs, len(batch) - start)
+                self._lost(batch[start].step, len(batch) - start)
                 return
 
-    def _lost(self, epochs: list[tuple[int, int, dict[str, float]]], count: int) -> None:
+    def _lost(self, first_epoch: int | None, count: int) -> None:
+        """Count metric values the store did not take, and the first epoch they belong to."""
         self.undelivered += count
         if self.first_undelivered_epoch is None:
-            self.first_undelivered_epoch = epochs[0][0]
+            self.first_undelivered_epoch = first_epoch
 
     def end(self, status: str, tags: dict[str, str], files) -> None:
         if not self.store_error:
@@ -234,13 +255,20 @@ class _Writer:
                 self._log_artifacts(files)
             except Exception as error:
                 self.store_error = _first_line(error)
-        self._terminate(status)
+        ended = self._terminate(status)
         warning = None
         if self.store_error:
+            first = self.first_undelivered_epoch
+            lost = (
+                [f"{self.undelivered} metric values from epoch {first} on"]
+                if self.undelivered
+                else ["the closing tags and files"]
+            )
+            if not ended:
+                lost.append(f"the run's end ({status}), so it may still show as RUNNING")
             warning = (
-                f"the MLflow store stopped answering ({self.store_error}); "
-                f"{self.undelivered} metric values from epoch "
-                f"{self.first_undelivered_epoch or '?'} on did not reach it"
+                f"the MLflow store {self.uri} stopped answering ({self.store_error}); "
+                f"{' and '.join(lost)} did not reach it"
             )
         self.run_id = None
         self.send("ended", warning)
@@ -250,11 +278,14 @@ class _Writer:
         if self.run_id:
             self._terminate("KILLED")
 
-    def _terminate(self, status: str) -> None:
+    def _terminate(self, status: str) -> bool:
+        """End the run as `status`; False when the store did not take it."""
         try:
             self.client.set_terminated(self.run_id, status)
         except Exception as error:
             self.store_error = self.store_error or _first_line(error)
+            return False
+        return True
 
     def _log_artifacts(self, files: list[tuple[str, str | None]]) -> None:
         for path, artifact_path in files:

@@ -1,0 +1,236 @@
+"""Faults lose nothing: signals, divergence in a sweep, racing processes, a server that dies.
+
+Every test drives the real `looplab-train` in subprocesses against a real MLflow store (and,
+for the server test, a real `mlflow server` on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import CLI, store_uri
+
+# A run long enough to be interrupted: about 0.1 s an epoch on a CPU.
+LONG_RUN = ["dataset=digits", "model.width=256", "train.batch_size=8", "train.print_every=0"]
+
+
+def popen_cli(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen(
+        [CLI, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def csv_rows(root: Path) -> list[dict[str, str]]:
+    """The rows of the one metrics.csv under root (none while it does not exist)."""
+    files = list(root.glob("outputs/runs/*/*/metrics.csv"))
+    assert len(files) <= 1, files
+    if not files:
+        return []
+    with files[0].open() as handle:
+        return [row for row in csv.DictReader(handle) if row.get("epoch")]
+
+
+def wait_for_epochs(root: Path, process: subprocess.Popen[str], count: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(csv_rows(root)) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached its first epochs"
+        time.sleep(0.1)
+
+
+def only_run(uri: str, experiment: str = "looplab"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1, [r.info.status for r in runs]
+    return client, runs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sent", "exit_code", "stopped_by"),
+    [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")],
+)
+def test_signal_mid_run_keeps_history_and_marks_killed(
+    tmp_path: Path, sent: signal.Signals, exit_code: int, stopped_by: str
+) -> None:
+    process = popen_cli(tmp_path, *LONG_RUN, "train.epochs=3000")
+    wait_for_epochs(tmp_path, process, 3)
+    process.send_signal(sent)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == exit_code, stderr
+    assert "Traceback" not in stdout + stderr
+    rows = csv_rows(tmp_path)
+    assert 3 <= len(rows) < 3000
+    assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
+
+    client, run = only_run(store_uri(tmp_path))
+    assert run.info.status == "KILLED"
+    assert run.data.tags["looplab.stopped_by"] == stopped_by
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [int(row["epoch"]) for row in rows]
+    last = max(history, key=lambda m: m.step)
+    assert last.value == pytest.approx(float(rows[-1]["train_loss"]))
+
+
+@pytest.mark.slow
+def test_divergence_in_a_sweep_fails_that_job_only(run_cli, tmp_path: Path) -> None:
+    result = run_cli(
+        "-m", "dataset=diabetes", "train.lr=0.05,1e10,0.1", "train.epochs=15", "train.print_every=0"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "job 1: training diverged" in result.stderr
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri(tmp_path))
+    experiment = client.get_experiment_by_name("looplab")
+    runs = {r.data.params["train.lr"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert {lr: r.info.status for lr, r in runs.items()} == {
+        "0.05": "FINISHED",
+        "10000000000.0": "FAILED",
+        "0.1": "FINISHED",
+    }
+    diverged = runs["10000000000.0"]
+    epoch = int(diverged.data.tags["looplab.diverged_at_epoch"])
+    assert 1 <= epoch <= 15
+    assert f"at epoch {epoch}" in diverged.data.tags["looplab.error"]
+    steps = [m.step for m in client.get_metric_history(diverged.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, epoch))  # every finite epoch, none after
+
+
+def runs_by_experiment(uri: str) -> dict[str, list[str]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return {
+        e.name: [r.info.status for r in client.search_runs([e.experiment_id])]
+        for e in client.search_experiments()
+    }
+
+
+@pytest.mark.slow
+def test_four_processes_race_on_a_new_store(tmp_path: Path) -> None:
+    processes = [
+        popen_cli(tmp_path, "train.epochs=3", f"seed={seed}", "train.print_every=0")
+        for seed in range(4)
+    ]
+    results = [(p.wait(timeout=240), *p.communicate()) for p in processes]
+    for code, _stdout, stderr in results:
+        assert code == 0, stderr
+    found = runs_by_experiment(store_uri(tmp_path))
+    assert found.get("looplab") == ["FINISHED"] * 4, found
+    assert found.get("Default", []) == [], found
+
+
+@pytest.mark.slow
+def test_parallel_launcher_on_a_new_store(run_cli, tmp_path: Path) -> None:
+    result = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "seed=1,2,3,4",
+        "train.epochs=3",
+        "train.print_every=0",
+        "tracking.experiment=fresh",
+    )
+    assert result.returncode == 0, result.stderr
+    found = runs_by_experiment(store_uri(tmp_path))
+    assert found.get("fresh") == ["FINISHED"] * 4, found
+    assert found.get("Default", []) == [], found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, "mlflow server exited"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers share a process group we can kill at once
+    )
+    try:
+        wait_until_healthy(url, server)
+        epochs = 200
+        process = popen_cli(tmp_path, *LONG_RUN, f"train.epochs={epochs}", f"tracking.uri={url}")
+        wait_for_epochs(tmp_path, process, 3)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        assert len(csv_rows(tmp_path)) < epochs, "the run ended before the server died"
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stdout + stderr
+    # Training finished, the local record is whole, and the user is told what is missing.
+    rows = csv_rows(tmp_path)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    told = re.search(r"stopped answering .* from epoch (\d+) on .*did not reach it", stderr)
+    assert told is not None, stderr
+    assert url in stderr and "metrics.csv" in stderr
+    first_lost = int(told.group(1))
+    # Everything before that epoch is in the server's store, read from its database directly.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'server.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps[: first_lost - 1] == list(range(1, first_lost))
+    assert len(steps) < epochs
