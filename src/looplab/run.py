@@ -164,8 +164,10 @@ def _execute(
         result.status, result.exit_code, result.error = "FAILED", EXIT_FAILED, str(error)
         end_tags = {"looplab.diverged_at_epoch": str(error.epoch), "looplab.error": str(error)}
     except (KeyboardInterrupt, Terminated) as stop:
-        # A second Ctrl-C while the records are being closed leaves at once.
+        # A second Ctrl-C (or SIGTERM) while the records are being closed leaves at once;
+        # the writer process then marks the run KILLED on its own.
         signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(EXIT_TERMINATED))
         interrupted = isinstance(stop, KeyboardInterrupt)
         result.status = "KILLED"
         result.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
@@ -179,13 +181,15 @@ def _execute(
         csv.close()
     if tracker is not None:
         result.warning = tracker.finish(result.status, end_tags, [(csv.path, None)])
-    if result.exit_code == EXIT_INTERRUPTED:
+    if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if failure is not None:
         raise failure
     return result
 
 
-def print_warning(result: RunResult) -> None:
+def print_warning(result: RunResult, output_dir: Path) -> None:
+    """Tell the user what did not reach the store, and where the complete record is."""
     if result.warning:
-        print(f"warning: {result.warning}; the full history is in metrics.csv", file=sys.stderr)
+        where = output_dir / "metrics.csv"
+        print(f"warning: {result.warning}; the full history is in {where}", file=sys.stderr)

@@ -96,7 +96,7 @@ def train_job(cfg: DictConfig) -> float | None:
     except OmegaConfBaseException as error:  # e.g. an interpolation that cannot be resolved
         _discard_unstarted(output_dir, hydra_config.job.name)
         _fail(describe(error))
-    print_warning(result)
+    print_warning(result, output_dir)
     if result.exit_code and not (in_sweep and result.status == "FAILED"):
         if result.error:
             print(f"looplab-train: {result.error}", file=sys.stderr)
