@@ -85,3 +85,30 @@ def test_a_tracked_run_lands_in_the_store(make_config, tmp_path, client) -> None
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_an_exception_mid_run_flushes_marks_failed_and_records_the_message(
+    make_config, tmp_path, client, monkeypatch
+) -> None:
+    """A bug in a callback at epoch 4: epochs 1-3 are in the store, the run is FAILED."""
+    import looplab.run
+
+    real_fit = looplab.run.fit
+
+    def fit_with_a_broken_callback(*args, callbacks=(), **kwargs):
+        def broken(result) -> None:
+            if result.epoch == 4:
+                raise RuntimeError("disk on fire")
+
+        return real_fit(*args, callbacks=[*callbacks, broken], **kwargs)
+
+    monkeypatch.setattr(looplab.run, "fit", fit_with_a_broken_callback)
+    cfg = make_config("train.epochs=10", "train.print_every=0")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        execute(cfg, tmp_path / "run")
+    experiment = client.get_experiment_by_name("looplab")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert "disk on fire" in run.data.tags["looplab.error"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4]  # epoch 4's numbers were computed before the failure
