@@ -37,14 +37,20 @@ EpochCallback = Callable[[EpochResult], None]
 def batches(
     x: Tensor, y: Tensor, batch_size: int | None, generator: torch.Generator | None
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """The whole set (the tutorial's full batch), or a fresh shuffle sliced on the device."""
+    """The whole set (the tutorial's full batch), or a fresh shuffle gathered on the device."""
     if batch_size is None or batch_size >= len(x):
         yield x, y
         return
     order = torch.randperm(len(x), device=x.device, generator=generator)
-    x, y = x[order], y[order]
     for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]
+        rows = order[start : start + batch_size]  # a gather per batch: no shuffled copy of x
+        yield x[rows], y[rows]
+
+
+def batch_weights(n_rows: int, batch_size: int | None) -> list[float]:
+    """Each batch's share of the rows, in the order `batches` yields them."""
+    size = n_rows if batch_size is None else min(batch_size, n_rows)
+    return [min(size, n_rows - start) / n_rows for start in range(0, n_rows, size)]
 
 
 def fit(
@@ -62,20 +68,21 @@ def fit(
 ) -> list[EpochResult]:
     """Train for `epochs` epochs and return every epoch's result.
 
-    `train_loss` is the mean of the batch losses weighted by batch size (with a full batch,
-    exactly the tutorial's `loss.item()`). Raises DivergedError when it is not finite.
+    `train_loss` is the mean of the batch losses weighted by batch size, taken on the host
+    after the epoch's one synchronisation (with a full batch, exactly the tutorial's
+    `loss.item()`). Raises DivergedError when it is not finite.
     """
     history: list[EpochResult] = []
-    n_train = len(data.x_train)
+    weights = batch_weights(data.x_train.shape[0], batch_size)
     for epoch in range(1, epochs + 1):
-        epoch_loss = torch.zeros((), dtype=data.x_train.dtype, device=data.x_train.device)
+        batch_losses: list[Tensor] = []  # on the device until the epoch's one synchronisation
         for x, y in batches(data.x_train, data.y_train, batch_size, generator):
             y_pred = model(x)  # 1. forward pass: what does the model predict now?
             loss = loss_function(y_pred, y)  # 2. loss: how wrong is it?
             loss.backward()  # 3. backward pass: gradients of the loss
             update.step()  # 4. update the parameters (under no_grad, or SGD.step)
             update.zero_grad()  # 5. zero the gradients for the next step
-            epoch_loss += loss.detach() * (len(x) / n_train)
+            batch_losses.append(loss.detach())
 
         with torch.no_grad():  # validation: same forward and loss, no gradients
             val_pred = model(data.x_val)
@@ -83,9 +90,10 @@ def fit(
             val_quality = quality(val_pred, data.y_val)
 
         # 6. read the numbers: the one host synchronisation of the epoch
-        train_value, val_value, quality_value = torch.stack(
-            [epoch_loss, val_loss, val_quality]
+        *losses, val_value, quality_value = torch.stack(
+            [*batch_losses, val_loss, val_quality]
         ).tolist()
+        train_value = sum(value * weight for value, weight in zip(losses, weights, strict=True))
         if not math.isfinite(train_value):
             raise DivergedError(epoch, train_value)
         result = EpochResult(
