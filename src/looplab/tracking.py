@@ -8,11 +8,14 @@ core, and the child starts importing MLflow while the parent is still loading to
 
 Messages are pickled tuples on the child's stdin; replies come back on its stdout.
 If the training process dies without saying goodbye, the child sees end-of-file and marks
-the run KILLED, so no run is ever left RUNNING.
+the run KILLED, so no run is ever left RUNNING. A writer that ended its run cleanly waits for
+the next one: the jobs of a sweep that run in one process (Hydra's basic launcher, a joblib
+worker) share a writer and pay for MLflow's import once.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -43,24 +46,34 @@ FINISH_TIMEOUT_SECONDS = 120.0
 HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
 
 
+# Writers whose run ended cleanly, by (uri, experiment), waiting for this process's next job.
+_IDLE: dict[tuple[str, str], Tracker] = {}
+
+
 def start_tracker(cfg: DictConfig) -> Tracker | None:
-    """Start the writer process for a plain config, or None when tracking is off."""
+    """The writer for a plain config (an idle one if this process has it), or None when
+    tracking is off."""
     if not cfg.tracking.enabled:
         return None
-    return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    key = (cfg.tracking.uri, cfg.tracking.experiment)
+    idle = _IDLE.pop(key, None)
+    if idle is not None and idle.process.poll() is None:
+        return idle
+    return Tracker(*key)
+
+
+@atexit.register
+def _stop_idle_writers() -> None:
+    while _IDLE:
+        _IDLE.popitem()[1].stop()
 
 
 class Tracker:
     """The training process's side: starts the writer, hands it epochs, ends the run."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        self.uri = uri
-        self.pending: list[tuple[int, int, dict[str, float]]] = []
-        self.last_send = time.monotonic()
-        self.run_id: str | None = None
-        # Set when the writer went away mid-run: training goes on, and the user is told.
-        self.lost: str | None = None
-        self.lost_from_epoch: int | None = None
+        self.uri, self.experiment = uri, experiment
+        self._reset()
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "looplab.tracking"],
@@ -70,6 +83,16 @@ class Tracker:
             start_new_session=False,
         )
         self._send(("open", uri, experiment))
+
+    def _reset(self) -> None:
+        """The per-run state, fresh for each run this writer serves."""
+        self.pending: list[tuple[int, int, dict[str, float]]] = []
+        self.last_send = time.monotonic()
+        self.run_id: str | None = None
+        self.idle = False  # the run ended and the writer waits in _IDLE for the next one
+        # Set when the writer went away mid-run: training goes on, and the user is told.
+        self.lost: str | None = None
+        self.lost_from_epoch: int | None = None
 
     # -- protocol ----------------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
@@ -145,7 +168,11 @@ class Tracker:
             if self.lost is None:
                 files = [(str(path), artifact_path) for path, artifact_path in artifacts]
                 self._send(("end", status, tags or {}, files))
-                _, warning = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
+                _, warning, reusable = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
+                if reusable:
+                    self._reset()
+                    self.idle = True
+                    _IDLE[(self.uri, self.experiment)] = self
                 return warning
         except TrackingError as error:
             self.lost = str(error)
@@ -157,7 +184,13 @@ class Tracker:
         )
 
     def close(self) -> None:
-        """Stop the writer; a started run it still holds is ended as KILLED by the writer."""
+        """Stop the writer unless it waits for the next run; a run it still holds is ended
+        as KILLED by the writer."""
+        if not self.idle:
+            self.stop()
+
+    def stop(self) -> None:
+        """Close the writer's input and wait for it to leave."""
         if self.process.stdin and not self.process.stdin.closed:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
@@ -247,7 +280,8 @@ class _Writer:
         if self.first_undelivered_epoch is None:
             self.first_undelivered_epoch = first_epoch
 
-    def end(self, status: str, tags: dict[str, str], files) -> None:
+    def end(self, status: str, tags: dict[str, str], files) -> bool:
+        """End the run; True when the store still answers, so the next run can use us."""
         if not self.store_error:
             try:
                 for key, value in tags.items():
@@ -270,8 +304,10 @@ class _Writer:
                 f"the MLflow store {self.uri} stopped answering ({self.store_error}); "
                 f"{' and '.join(lost)} did not reach it"
             )
-        self.run_id = None
-        self.send("ended", warning)
+        self.run_id, self.undelivered, self.first_undelivered_epoch = None, 0, None
+        reusable = self.store_error is None
+        self.send("ended", warning, reusable)
+        return reusable
 
     def abandon(self) -> None:
         """The training process went away without ending the run: mark it KILLED."""
@@ -412,8 +448,8 @@ def writer_main() -> None:
         elif kind == "start":
             writer.start(*args)
         elif kind == "end":
-            writer.end(*args)
-            break
+            if not writer.end(*args):
+                break
         elif kind == "eof":
             writer.abandon()
             break
