@@ -8,6 +8,7 @@ device during the epoch: the host waits for the GPU once an epoch, when the numb
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from looplab.update import Updater
 Tensor = torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EpochResult:
     """One finished epoch: its number (from 1), its metrics, and when it ended."""
 
@@ -93,7 +94,7 @@ def fit(
         *losses, val_value, quality_value = torch.stack(
             [*batch_losses, val_loss, val_quality]
         ).tolist()
-        train_value = sum(value * weight for value, weight in zip(losses, weights, strict=True))
+        train_value = sum(map(operator.mul, losses, weights))  # weighted by batch size
         if not math.isfinite(train_value):
             raise DivergedError(epoch, train_value)
         result = EpochResult(

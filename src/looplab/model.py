@@ -204,8 +204,6 @@ def quality(prediction: Tensor, target: Tensor, task: TaskKind, target_std: floa
     check_shapes(prediction, target, task)
     if task == "regression":
         return torch.sqrt(((prediction - target) ** 2).mean()) * target_std
-    if task == "binary":
-        correct = (prediction > 0).to(target.dtype) == target
-    else:
-        correct = prediction.argmax(dim=1) == target
-    return correct.to(prediction.dtype).mean()
+    # A logit above 0 is a probability above 1/2; `mean(dtype=...)` counts without a copy.
+    predicted = prediction > 0 if task == "binary" else prediction.argmax(dim=1)
+    return (predicted == target).mean(dtype=prediction.dtype)

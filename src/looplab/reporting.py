@@ -70,7 +70,7 @@ class MetricsCsv:
         self.last_flush = time.monotonic()
 
     def __call__(self, result: EpochResult) -> None:
-        values = ",".join(repr(v) for v in result.metrics.values())
+        values = ",".join(map(repr, result.metrics.values()))
         self.file.write(f"{result.epoch},{result.timestamp_ms},{values}\n")
         now = time.monotonic()
         if now - self.last_flush >= REFRESH_SECONDS:
