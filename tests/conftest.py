@@ -1,11 +1,20 @@
-"""Shared fixtures: configs composed as Hydra composes them, the real CLI, a real store."""
+"""Shared fixtures: configs composed as Hydra composes them, the real CLI, a real store.
+
+Also plain helpers the test files import: `free_port`, `mlflow_server` (a real `mlflow
+server` on 127.0.0.1) and `only_run` (the one run of an experiment).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,3 +75,108 @@ def client(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=store_uri(tmp_path))
+
+
+def only_run(client, experiment: str = "looplab"):
+    """The single run of `experiment` in the client's store; fails unless there is exactly one."""
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment} was not created"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1, [r.info.status for r in runs]
+    return runs[0]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `mlflow server` on 127.0.0.1 storing in `folder / "server.db"`: (url, process).
+
+    Yields once /health answers. The server runs in its own session, so a test may kill it
+    and its workers at once with `os.killpg(process.pid, ...)`; whatever is left is killed
+    on the way out.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers share a process group we can kill at once
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, "mlflow server exited"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.3)
+        yield url, server
+    finally:
+        if server.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+IMPLS_BY_UPDATES = [
+    ("manual", "manual"),
+    ("manual", "sgd"),
+    ("module", "manual"),
+    ("module", "sgd"),
+]
+
+
+def assert_the_four_ways_agree(make_config, tmp_path: Path, *overrides: str) -> None:
+    """Train `overrides` four ways (model.impl x update, float64) and demand one loss history.
+
+    This is looplab's central promise: the hand-written parts and PyTorch's own compute the
+    same thing, over the whole run, to 1e-12.
+    """
+    import torch
+
+    from looplab.run import execute
+
+    histories = {}
+    for impl, update in IMPLS_BY_UPDATES:
+        cfg = make_config(
+            "tracking.enabled=false",
+            "train.print_every=0",
+            "train.dtype=float64",
+            f"model.impl={impl}",
+            f"update={update}",
+            *overrides,
+        )
+        result = execute(cfg, tmp_path / f"{impl}-{update}")
+        assert result.status == "FINISHED", result.error
+        histories[(impl, update)] = torch.tensor([e.metrics["train_loss"] for e in result.history])
+    reference = histories[("manual", "manual")]
+    assert reference[-1] < reference[0] * 0.8  # it really trained
+    for key, history in histories.items():
+        assert len(history) == len(reference)
+        torch.testing.assert_close(history, reference, rtol=0, atol=1e-12, msg=str(key))

@@ -6,14 +6,13 @@ no MLflow run exists (so none is left RUNNING), and that no run folder is left h
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import store_uri
+from conftest import free_port, store_uri
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -162,10 +161,7 @@ def test_default_store_gets_no_run_for_bad_data(run_cli: Cli, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_unreachable_server_fails_fast_before_training(run_cli: Cli, tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a free port on which nothing listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{free_port()}"  # a port on which nothing listens
     started = time.monotonic()
     result = run_cli(f"tracking.uri={uri}", "train.epochs=2")
     elapsed = time.monotonic() - started

@@ -15,17 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, store_uri
+from conftest import CLI, only_run, store_uri
 
 pytestmark = pytest.mark.slow
-
-
-def only_run(client, experiment: str = "looplab"):
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None, f"experiment {experiment} was not created"
-    runs = client.search_runs([found.experiment_id])
-    assert len(runs) == 1
-    return runs[0]
 
 
 def test_a_run_records_params_every_epoch_and_its_config(run_cli, client, tmp_path) -> None:
@@ -114,10 +106,39 @@ def test_a_recorded_config_runs_again_with_the_same_losses(run_cli, tmp_path) ->
     (run_dir,) = list(tmp_path.glob("outputs/runs/*/*"))
     again = run_cli("--config-dir", str(run_dir), "--config-name", "config")
     assert again.returncode == 0, again.stderr
-    csvs = sorted(tmp_path.glob("outputs/**/metrics.csv"))
-    assert len(csvs) == 2
+    csvs = sorted(tmp_path.glob("outputs/runs/*/*/metrics.csv"))
+    assert len(csvs) == 2  # the rerun's folder sits beside the first one
     losses = [[line.split(",")[2] for line in p.read_text().splitlines()[1:]] for p in csvs]
     assert losses[0] == losses[1] and len(losses[0]) == 4
+    # The recorded config is checked against the schema like any other.
+    bad = run_cli("--config-dir", str(run_dir), "--config-name", "config", "model.impl=keras")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == (
+        "looplab-train: error: model.impl=keras is not allowed: choose one of manual, module"
+    )
+
+
+def test_a_failed_start_never_deletes_files_outside_outputs(run_cli, tmp_path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    (mine / "train.log").write_text("my own log\n")
+    done = run_cli(
+        "hydra.run.dir=mine",
+        "dataset=csv",
+        "dataset.path=absent.csv",
+        "dataset.target=y",
+        "tracking.enabled=false",
+    )
+    assert done.returncode == 1 and "CSV file not found" in done.stderr
+    assert (mine / "config.yaml").read_text() == "my own notes\n"
+    assert (mine / "train.log").exists()
+
+
+def test_hydra_full_error_shows_the_traceback_of_a_looplab_error(run_cli) -> None:
+    done = run_cli("train.lr=-1", env={"HYDRA_FULL_ERROR": "1"})
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ConfigError: train.lr=-1.0 is not allowed" in done.stderr
 
 
 def test_python_dash_m_is_the_same_entry_point(tmp_path) -> None:

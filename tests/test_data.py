@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from looplab import data
 from looplab.config import RESOURCES
+from looplab.errors import DataError
 
 TUTORIAL_CSV = RESOURCES / "breast_cancer.csv"
 
@@ -89,3 +92,22 @@ def test_regression_targets_are_standardised_and_remember_their_unit() -> None:
     split = data.load("diabetes")
     assert abs(split.y_train.mean()) < 1e-9 and abs(split.y_train.std() - 1) < 1e-9
     assert split.target_std > 10  # disease progression is in the tens to hundreds
+
+
+@pytest.mark.parametrize(
+    ("column", "drop", "words"),
+    [
+        ("label", ["label"], "drops the target column 'label'"),
+        ("blank", [], "target column 'blank' of table.csv is empty"),
+        ("score", [], "NaN or infinite values in 2 row(s) of the target 'score'"),
+    ],
+    ids=["target-dropped", "target-empty", "target-infinite"],
+)
+def test_unusable_targets_are_named(tmp_path, column, drop, words) -> None:
+    frame = pd.DataFrame({"a": np.arange(20.0), "label": ["x", "y"] * 10})
+    frame["blank"] = np.nan
+    frame["score"] = np.linspace(0, 1, 20)
+    frame.loc[[3, 7], "score"] = [np.inf, -np.inf]
+    path = write(tmp_path, frame)
+    with pytest.raises(DataError, match=re.escape(words)):
+        data.load("csv", path=path, target=column, drop=drop)

@@ -10,15 +10,12 @@ import csv
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CLI, store_uri
+from conftest import CLI, mlflow_server, only_run, store_uri
 
 # A run long enough to be interrupted: about 0.1 s an epoch on a CPU.
 LONG_RUN = ["dataset=digits", "model.width=256", "train.batch_size=8", "train.print_every=0"]
@@ -54,24 +51,13 @@ def wait_for_epochs(root: Path, process: subprocess.Popen[str], count: int) -> N
         time.sleep(0.1)
 
 
-def only_run(uri: str, experiment: str = "looplab"):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None
-    runs = client.search_runs([found.experiment_id])
-    assert len(runs) == 1, [r.info.status for r in runs]
-    return client, runs[0]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sent", "exit_code", "stopped_by"),
     [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")],
 )
 def test_signal_mid_run_keeps_history_and_marks_killed(
-    tmp_path: Path, sent: signal.Signals, exit_code: int, stopped_by: str
+    tmp_path: Path, client, sent: signal.Signals, exit_code: int, stopped_by: str
 ) -> None:
     process = popen_cli(tmp_path, *LONG_RUN, "train.epochs=3000")
     wait_for_epochs(tmp_path, process, 3)
@@ -83,7 +69,7 @@ def test_signal_mid_run_keeps_history_and_marks_killed(
     assert 3 <= len(rows) < 3000
     assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
 
-    client, run = only_run(store_uri(tmp_path))
+    run = only_run(client)
     assert run.info.status == "KILLED"
     assert run.data.tags["looplab.stopped_by"] == stopped_by
     history = client.get_metric_history(run.info.run_id, "train_loss")
@@ -93,7 +79,7 @@ def test_signal_mid_run_keeps_history_and_marks_killed(
 
 
 @pytest.mark.slow
-def test_divergence_in_a_sweep_fails_that_job_only(run_cli, tmp_path: Path) -> None:
+def test_divergence_in_a_sweep_fails_that_job_only(run_cli, client) -> None:
     result = run_cli(
         "-m", "dataset=diabetes", "train.lr=0.05,1e10,0.1", "train.epochs=15", "train.print_every=0"
     )
@@ -101,9 +87,6 @@ def test_divergence_in_a_sweep_fails_that_job_only(run_cli, tmp_path: Path) -> N
     assert "Traceback" not in result.stdout + result.stderr
     assert "job 1: training diverged" in result.stderr
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=store_uri(tmp_path))
     experiment = client.get_experiment_by_name("looplab")
     runs = {r.data.params["train.lr"]: r for r in client.search_runs([experiment.experiment_id])}
     assert {lr: r.info.status for lr, r in runs.items()} == {
@@ -160,53 +143,9 @@ def test_parallel_launcher_on_a_new_store(run_cli, tmp_path: Path) -> None:
     assert found.get("Default", []) == [], found
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.3)
-
-
 @pytest.mark.slow
 def test_server_killed_mid_run(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its workers share a process group we can kill at once
-    )
-    try:
-        wait_until_healthy(url, server)
+    with mlflow_server(tmp_path) as (url, server):  # its store: tmp_path / "server.db"
         epochs = 200
         process = popen_cli(tmp_path, *LONG_RUN, f"train.epochs={epochs}", f"tracking.uri={url}")
         wait_for_epochs(tmp_path, process, 3)
@@ -214,9 +153,6 @@ def test_server_killed_mid_run(tmp_path: Path) -> None:
         server.wait(timeout=30)
         assert len(csv_rows(tmp_path)) < epochs, "the run ended before the server died"
         stdout, stderr = process.communicate(timeout=240)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stdout + stderr
     # Training finished, the local record is whole, and the user is told what is missing.

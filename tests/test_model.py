@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_the_four_ways_agree
 from torch import nn
 
 from looplab.errors import ShapeError
-from looplab.model import bce_with_logits, cross_entropy, loss_function, quality, tutorial_bce
-from looplab.run import execute
-
-IMPLS_BY_UPDATES = [
-    ("manual", "manual"),
-    ("manual", "sgd"),
-    ("module", "manual"),
-    ("module", "sgd"),
-]
-
-
-def loss_history(make_config, tmp_path, *overrides: str) -> torch.Tensor:
-    cfg = make_config("tracking.enabled=false", "train.print_every=0", *overrides)
-    result = execute(cfg, tmp_path / "_".join(overrides).replace("=", "-"))
-    assert result.status == "FINISHED"
-    return torch.tensor([epoch.metrics["train_loss"] for epoch in result.history])
+from looplab.model import (
+    ACTIVATIONS,
+    MODULE_ACTIVATIONS,
+    bce_with_logits,
+    cross_entropy,
+    loss_function,
+    quality,
+    tutorial_bce,
+)
 
 
 @pytest.mark.parametrize(
@@ -41,26 +35,12 @@ def loss_history(make_config, tmp_path, *overrides: str) -> torch.Tensor:
             "train.epochs=300",
         ),
         ("dataset=diabetes", "model.width=8", "train.epochs=300", "train.lr=0.05"),
+        ("dataset=iris", "model.width=6", "model.activation=sigmoid", "train.epochs=200"),
     ],
-    ids=["binary-w0", "multiclass-w16-momentum", "regression-w8"],
+    ids=["binary-w0", "multiclass-w16-momentum", "regression-w8", "multiclass-sigmoid"],
 )
 def test_manual_and_torch_parts_give_the_same_loss_history(make_config, tmp_path, setting):
-    histories = {
-        (impl, update): loss_history(
-            make_config,
-            tmp_path,
-            *setting,
-            f"model.impl={impl}",
-            f"update={update}",
-            "train.dtype=float64",
-        )
-        for impl, update in IMPLS_BY_UPDATES
-    }
-    reference = histories[("manual", "manual")]
-    assert reference[-1] < reference[0] * 0.8  # it really trained
-    for key, history in histories.items():
-        assert len(history) == len(reference)
-        torch.testing.assert_close(history, reference, rtol=0, atol=1e-12, msg=str(key))
+    assert_the_four_ways_agree(make_config, tmp_path, *setting)
 
 
 def test_hand_written_losses_equal_torch_nn_losses_even_when_saturated() -> None:
@@ -77,6 +57,16 @@ def test_logits_loss_keeps_finite_gradients_in_float32_when_the_sigmoid_rounds_t
     y = torch.tensor([[0.0], [1.0]])
     bce_with_logits(z, y).backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().min() > 0.4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hand_written_activations_keep_finite_gradients_where_torch_nn_does(dtype) -> None:
+    z = torch.tensor([-1000.0, -100.0, 0.0, 100.0, 1000.0], dtype=dtype)
+    for name, manual in ACTIVATIONS.items():
+        z_manual, z_module = z.clone().requires_grad_(), z.clone().requires_grad_()
+        manual(z_manual).sum().backward()
+        MODULE_ACTIVATIONS[name]()(z_module).sum().backward()
+        torch.testing.assert_close(z_manual.grad, z_module.grad, msg=name)
 
 
 def test_tutorial_loss_is_the_clamped_formula() -> None:

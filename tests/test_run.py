@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from looplab.errors import ConfigError
 from looplab.run import execute
 
 
@@ -112,3 +113,14 @@ def test_an_exception_mid_run_flushes_marks_failed_and_records_the_message(
     assert "disk on fire" in run.data.tags["looplab.error"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(steps) == [1, 2, 3, 4]  # epoch 4's numbers were computed before the failure
+
+
+def test_a_loss_that_does_not_fit_the_data_stops_before_any_run_exists(
+    make_config, tmp_path, client
+) -> None:
+    cfg = make_config("dataset=iris", "model.loss=tutorial")
+    with pytest.raises(ConfigError, match=r"model\.loss=tutorial is for binary tasks only"):
+        execute(cfg, tmp_path / "run")
+    experiment = client.get_experiment_by_name("looplab")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+    assert not (tmp_path / "run" / "metrics.csv").exists()

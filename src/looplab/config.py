@@ -215,6 +215,7 @@ def validate(cfg: DictConfig) -> None:
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
     _require(train.print_every >= 0, "train.print_every", train.print_every, "it must be >= 0")
     _require(model.width >= 0, "model.width", model.width, "it must be >= 0 (0 = one neuron)")
+    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "it must be in [0, 2**32)")
     _require(
         0 < dataset.test_size < 1,
         "dataset.test_size",
@@ -251,6 +252,20 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
         store = ((launch_dir or Path.cwd()) / "outputs" / "mlflow.db").resolve()
         plain.tracking.uri = f"sqlite:///{store}"
     return plain
+
+
+def rerunnable(cfg: DictConfig) -> DictConfig:
+    """The resolved config as a primary config of its own, for `config.yaml`.
+
+    With the schema in its defaults and train.yaml's output folders, `looplab-train
+    --config-dir FOLDER --config-name config` checks and places the rerun like any run.
+    """
+    hydra_dirs = OmegaConf.load(config_dir() / "train.yaml").hydra
+    return OmegaConf.merge(
+        {"defaults": ["looplab_schema", "_self_"]},
+        cfg,
+        {"hydra": {"run": hydra_dirs.run, "sweep": hydra_dirs.sweep}},
+    )
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:

@@ -99,6 +99,10 @@ def _read_csv(
     missing = [column for column in drop if column not in table.columns]
     if missing:
         raise DataError(f"dataset.drop names columns that {file.name} lacks: {', '.join(missing)}")
+    if target in drop:
+        raise DataError(f"dataset.drop=[{', '.join(drop)}] drops the target column '{target}'")
+    if table[target].isna().all():
+        raise DataError(f"target column '{target}' of {file.name} is empty")
     empty = [column for column in table.columns if table[column].isna().all()]
     table = table.drop(columns=[*drop, *empty])
     return table.drop(columns=[target]), table[target]
@@ -124,7 +128,18 @@ def infer_task(labels: pd.Series, forced: str | None) -> TaskKind:
     return "regression"
 
 
-def _check_features(features: pd.DataFrame, labels: pd.Series) -> np.ndarray:
+def _check_target(labels: pd.Series) -> None:
+    """A target with gaps or infinities cannot be learned; say where before guessing the task."""
+    bad = labels.isna()
+    if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels):
+        bad |= ~np.isfinite(labels.to_numpy(dtype=np.float64))
+    if bad.any():
+        raise DataError(
+            f"NaN or infinite values in {int(bad.sum())} row(s) of the target '{labels.name}'"
+        )
+
+
+def _check_features(features: pd.DataFrame) -> np.ndarray:
     text = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if text:
         raise DataError(
@@ -138,8 +153,6 @@ def _check_features(features: pd.DataFrame, labels: pd.Series) -> np.ndarray:
             f"NaN or infinite values in {int(bad.any(axis=1).sum())} row(s), "
             f"column(s): {', '.join(columns)}"
         )
-    if labels.isna().any():
-        raise DataError(f"target '{labels.name}' is empty in {int(labels.isna().sum())} row(s)")
     return values
 
 
@@ -159,8 +172,9 @@ def split_and_scale(
     forced_task: str | None = None,
 ) -> SplitData:
     """Seeded (and, for classes, stratified) split; scaler fitted on the training rows only."""
+    _check_target(labels)
     task = infer_task(labels, forced_task)
-    x = _check_features(features, labels)
+    x = _check_features(features)
     y, n_classes = encode_labels(labels, task)
     n_val = int(np.ceil(test_size * len(y)))
     too_few = len(y) - n_val < 1 or n_val < 1 or (task != "regression" and n_val < n_classes)

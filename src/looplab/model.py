@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from looplab.data import TaskKind
-from looplab.errors import ShapeError
+from looplab.errors import ConfigError, ShapeError
 
 Tensor = torch.Tensor
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -48,9 +48,11 @@ def initial_parameters(
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": lambda z: torch.clamp(z, min=0),
+    "relu": lambda z: z * (z > 0),  # keeps z where positive; gradient 0 at 0, as nn.ReLU
     "tanh": torch.tanh,
-    "sigmoid": lambda z: 1 / (1 + torch.exp(-z)),
+    # torch.sigmoid, as the tutorial calls it: 1 / (1 + exp(-z)) written out overflows for
+    # z < -88 in float32 and its gradient turns NaN there, where nn.Sigmoid's is 0.
+    "sigmoid": torch.sigmoid,
 }
 MODULE_ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -119,7 +121,9 @@ def build_model(
     layers = initial_parameters(sizes, init, dtype, torch.Generator().manual_seed(seed))
     if impl == "manual":
         return MySimpleNN(layers, activation).to(device)
-    return module_network(layers, activation).to(device)
+    if impl == "module":
+        return module_network(layers, activation).to(device)
+    raise ConfigError(f"model.impl={impl} is not allowed: choose one of manual, module")
 
 
 def check_shapes(prediction: Tensor, target: Tensor, task: TaskKind) -> None:
@@ -152,7 +156,7 @@ def bce_with_logits(z: Tensor, y: Tensor) -> Tensor:
 
 def tutorial_bce(z: Tensor, y: Tensor) -> Tensor:
     """The tutorial's loss: sigmoid, clamp to [1e-7, 1 - 1e-7], then the cross-entropy."""
-    p = torch.clamp(1 / (1 + torch.exp(-z)), TUTORIAL_EPSILON, 1 - TUTORIAL_EPSILON)
+    p = torch.clamp(torch.sigmoid(z), TUTORIAL_EPSILON, 1 - TUTORIAL_EPSILON)
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
 
 
@@ -184,12 +188,17 @@ def loss_function(task: TaskKind, impl: str, loss: str = "logits") -> LossFn:
     """The loss for a task, checked for shapes; `torch.nn`'s own with `impl=module`."""
     if loss == "tutorial":
         if task != "binary":
-            raise ShapeError("the tutorial's clamped loss is for binary tasks only")
+            raise ConfigError(
+                f"model.loss=tutorial is for binary tasks only; this data set is {task}: "
+                "use model.loss=logits"
+            )
         raw: LossFn = tutorial_bce
     elif impl == "module":
         raw = MODULE_LOSSES[task]()
-    else:
+    elif impl == "manual":
         raw = MANUAL_LOSSES[task]
+    else:
+        raise ConfigError(f"model.impl={impl} is not allowed: choose one of manual, module")
 
     def checked(prediction: Tensor, target: Tensor) -> Tensor:
         check_shapes(prediction, target, task)

@@ -65,12 +65,13 @@ class MetricsCsv:
 
     def __init__(self, path: Path, metric_names: list[str]) -> None:
         self.path = path
+        self.metric_names = metric_names
         self.file = path.open("w", encoding="utf-8")
         self.file.write(",".join(["epoch", "timestamp_ms", *metric_names]) + "\n")
         self.last_flush = time.monotonic()
 
     def __call__(self, result: EpochResult) -> None:
-        values = ",".join(map(repr, result.metrics.values()))
+        values = ",".join([repr(result.metrics[name]) for name in self.metric_names])
         self.file.write(f"{result.epoch},{result.timestamp_ms},{values}\n")
         now = time.monotonic()
         if now - self.last_flush >= REFRESH_SECONDS:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from looplab import data as datasets
-from looplab.config import flatten, run_name, validate
+from looplab.config import flatten, rerunnable, run_name, validate
 from looplab.device import resolve_device
 from looplab.errors import DivergedError, Terminated
 from looplab.loop import EpochResult, fit
@@ -106,9 +106,16 @@ def _execute(
         seed=cfg.seed,
     )
     tensors = datasets.to_device(split, device, dtype)
-    model = build_model(
+    task, target_std, n_features, n_outputs = (
+        split.task,
+        split.target_std,
         split.n_features,
         split.n_outputs,
+    )
+    del split  # the float64 NumPy copy: only the device tensors are needed from here on
+    model = build_model(
+        n_features,
+        n_outputs,
         width=cfg.model.width,
         activation=cfg.model.activation,
         impl=cfg.model.impl,
@@ -124,11 +131,12 @@ def _execute(
         momentum=cfg.train.momentum,
         weight_decay=cfg.train.weight_decay,
     )
-    quality_name = "val_rmse" if split.task == "regression" else "val_accuracy"
+    loss = loss_function(task, cfg.model.impl, cfg.model.loss)
+    quality_name = "val_rmse" if task == "regression" else "val_accuracy"
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
-    OmegaConf.save(cfg, config_file)
+    OmegaConf.save(rerunnable(cfg), config_file)
     result = RunResult(status="RUNNING", exit_code=0, device=str(device))
     if tracker is not None:
         params = {
@@ -149,11 +157,11 @@ def _execute(
     try:
         fit(
             model,
-            loss_function(split.task, cfg.model.impl, cfg.model.loss),
+            loss,
             update,
             tensors,
             epochs=cfg.train.epochs,
-            quality=lambda p, y: quality(p, y, split.task, split.target_std),
+            quality=lambda p, y: quality(p, y, task, target_std),
             quality_name=quality_name,
             batch_size=cfg.train.batch_size,
             generator=torch.Generator(device=device).manual_seed(cfg.seed),

@@ -20,6 +20,7 @@ import contextlib
 import os
 import pickle
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ def start_tracker(cfg: DictConfig) -> Tracker | None:
     key = (cfg.tracking.uri, cfg.tracking.experiment)
     idle = _IDLE.pop(key, None)
     if idle is not None and idle.process.poll() is None:
+        idle.idle = False  # in use again: close() must stop it if its run goes wrong
         return idle
     return Tracker(*key)
 
@@ -96,12 +98,18 @@ class Tracker:
 
     # -- protocol ----------------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
+        """Pickle one message down the pipe, whole: Ctrl-C and SIGTERM wait until it is out,
+        so a signal never leaves half a message that the writer would take for the end."""
         assert self.process.stdin is not None
+        stops = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
             pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             raise TrackingError(f"the MLflow writer for {self.uri} stopped unexpectedly") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     def _receive(self, timeout: float, waiting_for: str) -> tuple[Any, ...]:
         assert self.process.stdout is not None
@@ -144,12 +152,12 @@ class Tracker:
 
     def flush(self, now: float | None = None) -> None:
         """Hand the buffer to the writer; if the writer is gone, count what is lost, go on."""
-        if self.pending and self.lost is None:
+        epochs, self.pending = self.pending, []  # taken first: a signal cannot send them twice
+        if epochs and self.lost is None:
             try:
-                self._send(("metrics", self.pending))
+                self._send(("metrics", epochs))
             except TrackingError as error:
-                self.lost, self.lost_from_epoch = str(error), self.pending[0][0]
-        self.pending = []
+                self.lost, self.lost_from_epoch = str(error), epochs[0][0]
         self.last_send = time.monotonic() if now is None else now
 
     def finish(
@@ -419,7 +427,6 @@ def _reader(stream: Any, inbox: Any) -> None:
 def writer_main() -> None:
     """Entry of the writer process. Signals are the parent's business: it tells us to end."""
     import queue
-    import signal
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -42,6 +42,8 @@ from looplab.tracking import start_tracker
 register()
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
+# Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1), kept for the jobs.
+USER_FULL_ERROR = "LOOPLAB_FULL_ERROR"
 # What Hydra writes into a job's folder before the job runs; nothing else is ever removed.
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 
@@ -54,10 +56,12 @@ def _fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:
 def _discard_unstarted(output_dir: Path, job_name: str) -> None:
     """Remove the folder Hydra made for a job that never trained: nothing is half-written.
 
-    Only the files Hydra and `run.execute` write before the first epoch are deleted, and the
-    folder only if that leaves it empty, so a `hydra.run.dir` set to a real folder is safe.
+    Only folders under the launch directory's `outputs/` are looplab's to tidy (a
+    `hydra.run.dir` pointing anywhere else is left alone), and in them only the files Hydra and
+    `run.execute` write before the first epoch; the folder goes only if that empties it.
     """
-    if (output_dir / "metrics.csv").exists():
+    outputs = Path.cwd().resolve() / "outputs"
+    if outputs not in output_dir.resolve().parents or (output_dir / "metrics.csv").exists():
         return
     for name in (*HYDRA_FILES, f"{job_name}.log", "config.yaml"):
         with contextlib.suppress(OSError):
@@ -92,6 +96,8 @@ def train_job(cfg: DictConfig) -> float | None:
         result = execute(plain, output_dir, hydra_dir, tracker)
     except LooplabError as error:
         _discard_unstarted(output_dir, hydra_config.job.name)
+        if os.environ.get(USER_FULL_ERROR) == "1":
+            raise
         _fail(str(error))
     except OmegaConfBaseException as error:  # e.g. an interpolation that cannot be resolved
         _discard_unstarted(output_dir, hydra_config.job.name)
@@ -212,6 +218,7 @@ def _check_sweep(argv: list[str]) -> None:
 def main() -> None:
     """The `looplab-train` console script: Hydra, with bad input worded as one line."""
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ[USER_FULL_ERROR] = "1" if wants_traceback else "0"  # seen by launcher workers
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we word the error below
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:

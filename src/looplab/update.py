@@ -10,6 +10,8 @@ from typing import Protocol
 
 import torch
 
+from looplab.errors import ConfigError
+
 
 class Updater(Protocol):
     def step(self) -> None: ...
@@ -66,4 +68,6 @@ def build_update(
     """The `update=` choice: `manual` or `sgd`."""
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return ManualUpdate(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "manual":
+        return ManualUpdate(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ConfigError(f"update={name} is not an option: choose one of manual, sgd")
