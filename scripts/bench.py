@@ -256,7 +256,7 @@ def bare_epochs(
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         for w, b in layers[:-1]:
-            x = torch.clamp(x @ w + b, min=0)
+            x = torch.relu(x @ w + b)
         w, b = layers[-1]
         return x @ w + b
 

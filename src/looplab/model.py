@@ -48,7 +48,7 @@ def initial_parameters(
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": lambda z: z * (z > 0),  # keeps z where positive; gradient 0 at 0, as nn.ReLU
+    "relu": torch.relu,  # max(z, 0), with the gradient 0 at z = 0 that nn.ReLU has
     "tanh": torch.tanh,
     # torch.sigmoid, as the tutorial calls it: 1 / (1 + exp(-z)) written out overflows for
     # z < -88 in float32 and its gradient turns NaN there, where nn.Sigmoid's is 0.
