@@ -170,3 +170,33 @@ def test_server_killed_mid_run(tmp_path: Path) -> None:
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
     assert steps[: first_lost - 1] == list(range(1, first_lost))
     assert len(steps) < epochs
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_leaves_at_once_while_the_store_hangs(tmp_path: Path) -> None:
+    """Ctrl-C while the server is frozen: closing the run waits on it, a second Ctrl-C does not.
+    Once the server thaws, the writer still ends the run as KILLED: nothing is left RUNNING."""
+    with mlflow_server(tmp_path) as (url, server):
+        process = popen_cli(tmp_path, *LONG_RUN, "train.epochs=3000", f"tracking.uri={url}")
+        wait_for_epochs(tmp_path, process, 3)
+        os.killpg(server.pid, signal.SIGSTOP)  # the store now hangs instead of answering
+        try:
+            process.send_signal(signal.SIGINT)
+            time.sleep(1.5)
+            assert process.poll() is None, "the first Ctrl-C should wait for the store"
+            process.send_signal(signal.SIGINT)
+            start = time.monotonic()
+            # wait(), not communicate(): the writer, still stuck on the frozen server, holds
+            # the inherited stderr open until the server answers again.
+            assert process.wait(timeout=30) == 130
+            assert time.monotonic() - start < 5
+        finally:
+            os.killpg(server.pid, signal.SIGCONT)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=url)
+        deadline = time.monotonic() + 60
+        while (status := only_run(client).info.status) == "RUNNING":
+            assert time.monotonic() < deadline, "the run was left RUNNING"
+            time.sleep(0.5)
+        assert status == "KILLED"

@@ -228,8 +228,10 @@ class _Writer:
         self.first_undelivered_epoch: int | None = None
 
     def send(self, *message: Any) -> None:
-        pickle.dump(message, self.reply, protocol=pickle.HIGHEST_PROTOCOL)
-        self.reply.flush()
+        """Reply to the training process; if it is gone (a second Ctrl-C), nobody listens."""
+        with contextlib.suppress(BrokenPipeError):
+            pickle.dump(message, self.reply, protocol=pickle.HIGHEST_PROTOCOL)
+            self.reply.flush()
 
     def open(self, uri: str, experiment: str) -> None:
         self.uri = uri
@@ -461,7 +463,8 @@ def writer_main() -> None:
             writer.abandon()
             break
     # The reader thread may still be blocked on stdin; leave without waiting for it.
-    reply.close()
+    with contextlib.suppress(BrokenPipeError):
+        reply.close()
     os._exit(0)
 
 
