@@ -1,5 +1,8 @@
 """Errors whose message is meant for the user: the CLI prints them as one line, no traceback."""
 
+# Exit codes: an error or a failed run; Ctrl-C and SIGTERM as shells report them (128 + signal).
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
+
 
 class LooplabError(Exception):
     """A problem the user can fix; `str(error)` is the whole explanation."""

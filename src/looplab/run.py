@@ -21,14 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from looplab import data as datasets
 from looplab.config import flatten, rerunnable, run_name, validate
 from looplab.device import resolve_device
-from looplab.errors import DivergedError, Terminated
+from looplab.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    DivergedError,
+    Terminated,
+)
 from looplab.loop import EpochResult, fit
 from looplab.model import build_model, loss_function, quality
 from looplab.reporting import ConsoleReport, MetricsCsv
 from looplab.tracking import Tracker, start_tracker
 from looplab.update import build_update
-
-EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
 
 
 @dataclass

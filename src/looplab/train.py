@@ -36,19 +36,24 @@ from omegaconf.errors import (
 )
 
 from looplab.config import config_dir, plain_config, register, unknown_key_message, validate
-from looplab.errors import LooplabError, Terminated
+from looplab.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    LooplabError,
+    Terminated,
+)
 from looplab.tracking import start_tracker
 
 register()
 
-EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
 # Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1), kept for the jobs.
 USER_FULL_ERROR = "LOOPLAB_FULL_ERROR"
 # What Hydra writes into a job's folder before the job runs; nothing else is ever removed.
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 
 
-def _fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:
+def _fail(message: str, exit_code: int = EXIT_FAILED) -> NoReturn:
     print(f"looplab-train: error: {message}", file=sys.stderr)
     sys.exit(exit_code)
 
