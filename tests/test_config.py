@@ -85,7 +85,28 @@ def test_seed_preset_is_the_tutorials_recipe() -> None:
         25,
         "float64",
     )
-    assert run_name(cfg) == "breast_cancer-w0-manual-lr0.1"
+    assert run_name(cfg, plain_config(compose_raw("experiment=seed")), "seed") == "seed"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "preset", "name"),
+    [
+        ((), None, "breast_cancer"),
+        (("model.impl=module",), None, "breast_cancer impl=module"),
+        (("dataset=digits", "model.width=64"), None, "digits width=64"),
+        (("update=sgd", "train.lr=0.05", "train.print_every=0"), None, "breast_cancer sgd lr=0.05"),
+        (("model.loss=tutorial", "seed=3"), None, "breast_cancer loss=tutorial seed=3"),
+        (("experiment=seed",), "seed", "seed"),
+        (("experiment=seed", "train.epochs=50"), "seed", "seed epochs=50"),
+    ],
+)
+def test_a_run_name_shows_the_preset_and_every_choice_apart_from_the_defaults(
+    overrides, preset, name
+) -> None:
+    """Fault: two runs that train differently get the same name (impl=module or the seed
+    preset hidden), or a printing/tracking setting makes a name differ."""
+    baseline = plain_config(compose_raw(*([f"experiment={preset}"] if preset else [])))
+    assert run_name(plain_config(compose_raw(*overrides)), baseline, preset) == name
 
 
 def test_an_unset_store_becomes_an_absolute_sqlite_path_under_outputs(tmp_path) -> None:

@@ -78,6 +78,8 @@ class DatasetConfig:
     drop: list[str] = field(default_factory=list)
     task: Task | None = None
     test_size: float = 0.2
+    sep: str = ","
+    encoding: str = "utf-8"
 
 
 @dataclass
@@ -109,6 +111,7 @@ class TrainConfig:
     dtype: DType = DType.float32
     print_every: int = 1
     print_style: PrintStyle = PrintStyle.full
+    threads: int | None = None
 
 
 @dataclass
@@ -214,6 +217,12 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "it must be in [0, 1)")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
     _require(train.print_every >= 0, "train.print_every", train.print_every, "it must be >= 0")
+    _require(
+        train.threads is None or train.threads >= 1,
+        "train.threads",
+        train.threads,
+        "it must be >= 1, or null for the cores this process may use, less one",
+    )
     _require(model.width >= 0, "model.width", model.width, "it must be >= 0 (0 = one neuron)")
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "it must be in [0, 2**32)")
     _require(
@@ -234,11 +243,29 @@ def validate(cfg: DictConfig) -> None:
         "''",
         "it must name an MLflow experiment",
     )
-    if dataset.name == "csv":
+    if dataset.name != "csv":
+        _refuse_csv_keys(dataset)
+    else:
         if dataset.path is None:
             raise ConfigError("dataset.path is missing: dataset=csv needs dataset.path=FILE.csv")
         if dataset.target is None:
             raise ConfigError("dataset.target is missing: dataset=csv needs dataset.target=COLUMN")
+
+
+# The keys that only `dataset=csv` reads, with the value that means "not set".
+CSV_ONLY_KEYS = {"path": None, "target": None, "drop": [], "sep": ",", "encoding": "utf-8"}
+
+
+def _refuse_csv_keys(dataset: DictConfig) -> None:
+    """A built-in data set ignores the CSV keys: refuse them rather than ignore them silently."""
+    for key, unset in CSV_ONLY_KEYS.items():
+        value = dataset.get(key)
+        if value is not None and value != unset and not (unset == [] and len(value) == 0):
+            shown = f"[{','.join(map(str, value))}]" if key == "drop" else value
+            raise ConfigError(
+                f"dataset.{key}={shown} is not allowed: dataset={dataset.name} is built in; "
+                "dataset.path, target, drop, sep and encoding are for dataset=csv"
+            )
 
 
 def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
@@ -283,7 +310,58 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-def run_name(cfg: DictConfig) -> str:
-    """A readable run name such as `breast_cancer-w0-manual-lr0.1`."""
-    data = Path(cfg.dataset.path).stem if cfg.dataset.name == "csv" else cfg.dataset.name
-    return f"{data}-w{cfg.model.width}-{cfg['update'].name}-lr{cfg.train.lr:g}"
+def params(cfg: DictConfig) -> dict[str, str]:
+    """The MLflow params of a run: the flattened config, less keys that do nothing in it.
+
+    `model.activation` is left out of a width-0 model, which has no hidden layer to activate.
+    """
+    flat = flatten(cfg)
+    if cfg.model.width == 0:
+        flat.pop("model.activation", None)
+    return flat
+
+
+def data_name(cfg: DictConfig) -> str:
+    """The data set as a user knows it: a built-in's name, or a CSV file's stem."""
+    if cfg.dataset.name == "csv" and cfg.dataset.path:
+        return Path(str(cfg.dataset.path)).stem
+    return str(cfg.dataset.name)
+
+
+# Keys that say where a run is recorded or how it prints, not what it trains: never in a name.
+UNNAMED_PREFIXES = ("tracking.", "train.print_", "train.threads")
+
+
+def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:
+    """Short `key=value` words for each value of `cfg` that differs from `baseline`.
+
+    A group's choice (`update.name`, `device.name`) is its value alone (`sgd`), a CSV path its
+    file's stem, any other key its last part (`width=8`, `lr=0.05`).
+    """
+    ours, theirs = params(cfg), flatten(baseline)
+    words = []
+    for key, value in ours.items():
+        if key.startswith(UNNAMED_PREFIXES) or theirs.get(key) == value:
+            continue
+        if key == "dataset.path":
+            words.append(data_name(cfg))
+        elif key.endswith(".name"):
+            words.append(value)
+        else:
+            words.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return words
+
+
+def run_name(cfg: DictConfig, baseline: DictConfig | None = None, preset: str | None = None) -> str:
+    """A name that tells runs apart: the preset (or the data set), then what differs.
+
+    `baseline` is the config the run would have had with no overrides (the preset alone);
+    `breast_cancer width=32 sgd lr=0.05`, `seed`, `seed epochs=50`, `digits impl=module`.
+    """
+    base = preset or data_name(cfg)
+    if baseline is None:
+        return base
+    words = differences(cfg, baseline)
+    if preset is None:  # the base already says which data set
+        words = [w for w in words if w not in (cfg.dataset.name, data_name(cfg))]
+    return " ".join([base, *words])

@@ -6,13 +6,14 @@ training loop never copies data between host and device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pandas._libs.parsers import STR_NA_VALUES  # pandas' own list of missing-value marks
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
@@ -35,6 +36,9 @@ class SplitData:
     task: TaskKind
     n_classes: int  # 0 for regression
     target_std: float = 1.0  # regression targets are standardised; RMSE is reported in units
+    target_mean: float = 0.0
+    classes: list[str] = field(default_factory=list)  # label of class 0, 1, ...; [] for regression
+    task_reason: str = ""  # why the task is what it is, in a user's words
 
     @property
     def n_features(self) -> int:
@@ -43,6 +47,22 @@ class SplitData:
     @property
     def n_outputs(self) -> int:
         return self.n_classes if self.task == "multiclass" else 1
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.y_train) + len(self.y_val)
+
+    def describe(self) -> str:
+        """One line: the task, why, and the table's size."""
+        kind = {"binary": "binary classification", "multiclass": "classification"}.get(
+            self.task, "regression"
+        )
+        classes = f" (classes in order: {', '.join(self.classes)})" if self.classes else ""
+        return (
+            f"task: {kind}, {self.task_reason}{classes}; {self.n_rows} rows "
+            f"({len(self.y_train)} train, {len(self.y_val)} validation), "
+            f"{self.n_features} features"
+        )
 
 
 @dataclass
@@ -60,10 +80,12 @@ def load_table(
     path: str | None = None,
     target: str | None = None,
     drop: list[str] | tuple[str, ...] = (),
+    sep: str = ",",
+    encoding: str = "utf-8",
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Features and target of a built-in data set, or of any CSV file."""
     if name == "csv":
-        return _read_csv(path, target, list(drop))
+        return _read_csv(path, target, list(drop), sep, encoding)
     if name not in BUILTIN:
         raise DataError(f"unknown dataset '{name}': choose one of {', '.join(BUILTIN)} or csv")
     from sklearn import datasets
@@ -76,15 +98,27 @@ def load_table(
 
 
 def _read_csv(
-    path: str | None, target: str | None, drop: list[str]
+    path: str | None, target: str | None, drop: list[str], sep: str, encoding: str
 ) -> tuple[pd.DataFrame, pd.Series]:
+    """Read a CSV whose target labels stay as written: `NA`, `null` or `None` are classes.
+
+    pandas takes such strings for missing values in every column by default; here only the
+    feature columns do, and an empty target cell is the one thing that counts as missing there.
+    """
     if path is None or target is None:
         raise DataError("dataset=csv needs dataset.path and dataset.target")
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"CSV file not found: {file}")
     try:
-        table = pd.read_csv(file)
+        header = pd.read_csv(file, sep=sep, encoding=encoding, nrows=0).columns
+        missing_marks = {str(column): sorted(STR_NA_VALUES) for column in header}
+        missing_marks[target] = [""]
+        table = pd.read_csv(
+            file, sep=sep, encoding=encoding, keep_default_na=False, na_values=missing_marks
+        )
+    except LookupError:
+        raise DataError(f"dataset.encoding={encoding} is not an encoding Python knows") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"CSV file is empty: {file}") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
@@ -110,22 +144,33 @@ def _read_csv(
 
 def infer_task(labels: pd.Series, forced: str | None) -> TaskKind:
     """Classification for strings and small sets of integers, regression otherwise."""
+    return infer_task_with_reason(labels, forced)[0]
+
+
+def infer_task_with_reason(labels: pd.Series, forced: str | None) -> tuple[TaskKind, str]:
+    """The task, and why: forced by dataset.task, or what the target's values look like."""
+    name, count = labels.name, labels.nunique()
     if forced == "regression":
         if not pd.api.types.is_numeric_dtype(labels):
-            raise DataError(
-                f"dataset.task=regression needs a numeric target; '{labels.name}' is not"
-            )
-        return "regression"
+            raise DataError(f"dataset.task=regression needs a numeric target; '{name}' is not")
+        return "regression", "set by dataset.task=regression"
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
-    looks_like_classes = not numeric or (
-        np.all(np.mod(labels.dropna(), 1) == 0) and labels.nunique() <= MAX_INFERRED_CLASSES
-    )
-    if forced == "classification" or looks_like_classes:
-        n_classes = labels.nunique()
-        if n_classes < 2:
-            raise DataError(f"target '{labels.name}' has a single class: nothing to learn")
-        return "binary" if n_classes == 2 else "multiclass"
-    return "regression"
+    integers = numeric and bool(np.all(np.mod(labels.dropna(), 1) == 0))
+    if forced == "classification":
+        reason = "set by dataset.task=classification"
+    elif not numeric:
+        reason = f"inferred: target '{name}' holds {count} distinct non-numeric values"
+    elif integers and count <= MAX_INFERRED_CLASSES:
+        reason = (
+            f"inferred: target '{name}' holds {count} distinct integers "
+            f"(<= {MAX_INFERRED_CLASSES}; dataset.task=regression overrides)"
+        )
+    else:
+        kind = "integers" if integers else "numbers, not all integers"
+        return "regression", f"inferred: target '{name}' holds {count} distinct {kind}"
+    if count < 2:
+        raise DataError(f"target '{name}' has a single class: nothing to learn")
+    return ("binary" if count == 2 else "multiclass"), reason
 
 
 def _check_target(labels: pd.Series) -> None:
@@ -158,10 +203,16 @@ def _check_features(features: pd.DataFrame) -> np.ndarray:
 
 def encode_labels(labels: pd.Series, task: TaskKind) -> tuple[np.ndarray, int]:
     """Class labels as 0..k-1 in sorted order (B = 0, M = 1), or float targets for regression."""
+    encoded, classes = encode_labels_with_classes(labels, task)
+    return encoded, len(classes)
+
+
+def encode_labels_with_classes(labels: pd.Series, task: TaskKind) -> tuple[np.ndarray, list[str]]:
+    """As `encode_labels`, with the label of each class index: `classes[i]` is class i."""
     if task == "regression":
-        return labels.to_numpy(dtype=np.float64), 0
+        return labels.to_numpy(dtype=np.float64), []
     classes = np.sort(labels.unique())
-    return np.searchsorted(classes, labels.to_numpy()), len(classes)
+    return np.searchsorted(classes, labels.to_numpy()), [str(c) for c in classes]
 
 
 def split_and_scale(
@@ -173,9 +224,10 @@ def split_and_scale(
 ) -> SplitData:
     """Seeded (and, for classes, stratified) split; scaler fitted on the training rows only."""
     _check_target(labels)
-    task = infer_task(labels, forced_task)
+    task, reason = infer_task_with_reason(labels, forced_task)
     x = _check_features(features)
-    y, n_classes = encode_labels(labels, task)
+    y, classes = encode_labels_with_classes(labels, task)
+    n_classes = len(classes)
     n_val = int(np.ceil(test_size * len(y)))
     too_few = len(y) - n_val < 1 or n_val < 1 or (task != "regression" and n_val < n_classes)
     if too_few:
@@ -192,11 +244,13 @@ def split_and_scale(
         raise DataError(f"cannot split the data: {error}") from None
     scaler = StandardScaler().fit(x_train)
     x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
-    target_std = 1.0
+    mean, target_std = 0.0, 1.0
     if task == "regression":
         mean, target_std = float(y_train.mean()), float(y_train.std()) or 1.0
         y_train, y_val = (y_train - mean) / target_std, (y_val - mean) / target_std
-    return SplitData(x_train, y_train, x_val, y_val, task, n_classes, target_std)
+    return SplitData(
+        x_train, y_train, x_val, y_val, task, n_classes, target_std, mean, classes, reason
+    )
 
 
 def load(
@@ -208,9 +262,11 @@ def load(
     task: str | None = None,
     test_size: float = 0.2,
     seed: int = 42,
+    sep: str = ",",
+    encoding: str = "utf-8",
 ) -> SplitData:
     """The whole preprocessing of one data set, from name (or CSV) to scaled splits."""
-    features, labels = load_table(name, path, target, drop)
+    features, labels = load_table(name, path, target, drop, sep, encoding)
     return split_and_scale(features, labels, test_size, seed, task)
 
 

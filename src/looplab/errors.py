@@ -29,12 +29,14 @@ class ShapeError(LooplabError, ValueError):
 
 
 class DivergedError(LooplabError):
-    """The training loss stopped being a finite number."""
+    """The training loss, or a validation number, stopped being a finite number."""
 
-    def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(f"training diverged: loss is {loss} at epoch {epoch}")
+    def __init__(self, epoch: int, loss: float, metric: str = "train_loss") -> None:
+        what = "loss" if metric == "train_loss" else metric
+        super().__init__(f"training diverged: {what} is {loss} at epoch {epoch}")
         self.epoch = epoch
         self.loss = loss
+        self.metric = metric
 
 
 class Terminated(BaseException):

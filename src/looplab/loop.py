@@ -71,7 +71,7 @@ def fit(
 
     `train_loss` is the mean of the batch losses weighted by batch size, taken on the host
     after the epoch's one synchronisation (with a full batch, exactly the tutorial's
-    `loss.item()`). Raises DivergedError when it is not finite.
+    `loss.item()`). Raises DivergedError when it, or a validation number, is not finite.
     """
     history: list[EpochResult] = []
     weights = batch_weights(data.x_train.shape[0], batch_size)
@@ -95,13 +95,11 @@ def fit(
             [*batch_losses, val_loss, val_quality]
         ).tolist()
         train_value = sum(map(operator.mul, losses, weights))  # weighted by batch size
-        if not math.isfinite(train_value):
-            raise DivergedError(epoch, train_value)
-        result = EpochResult(
-            epoch=epoch,
-            metrics={"train_loss": train_value, "val_loss": val_value, quality_name: quality_value},
-            timestamp_ms=int(time.time() * 1000),
-        )
+        metrics = {"train_loss": train_value, "val_loss": val_value, quality_name: quality_value}
+        if not math.isfinite(train_value + val_value + quality_value):
+            name = next(name for name, value in metrics.items() if not math.isfinite(value))
+            raise DivergedError(epoch, metrics[name], name)
+        result = EpochResult(epoch=epoch, metrics=metrics, timestamp_ms=int(time.time() * 1000))
         history.append(result)
         for callback in callbacks:  # print, record, track
             callback(result)

@@ -7,19 +7,21 @@ composed config, and the entry point in `train.py` stays the only place that kno
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import signal
-import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from looplab import data as datasets
-from looplab.config import flatten, rerunnable, run_name, validate
+from looplab.config import params, rerunnable, run_name, validate
 from looplab.device import resolve_device
 from looplab.errors import (
     EXIT_FAILED,
@@ -29,10 +31,12 @@ from looplab.errors import (
     Terminated,
 )
 from looplab.loop import EpochResult, fit
-from looplab.model import build_model, loss_function, quality
+from looplab.model import LossFn, build_model, loss_function, quality
 from looplab.reporting import ConsoleReport, MetricsCsv
 from looplab.tracking import Tracker, start_tracker
-from looplab.update import build_update
+from looplab.update import Updater, build_update
+
+log = logging.getLogger("looplab")
 
 
 @dataclass
@@ -46,6 +50,16 @@ class RunResult:
     device: str = "cpu"
     warning: str | None = None
     error: str | None = None
+    name: str = ""
+    seconds: float = 0.0
+
+    @property
+    def objective(self) -> float:
+        """What a sweeper minimises: the final val_loss, or +inf for a run that did not
+        finish, so that a search ranks it last (never NaN, which breaks Optuna's studies)."""
+        if self.status != "FINISHED" or not self.history:
+            return math.inf
+        return self.history[-1].metrics["val_loss"]
 
 
 @contextmanager
@@ -67,36 +81,62 @@ def execute(
     output_dir: Path,
     hydra_dir: Path | None = None,
     tracker: Tracker | None = None,
+    name: str | None = None,
+    console: ConsoleReport | None = None,
 ) -> RunResult:
-    """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind."""
+    """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
+
+    `name` is the run's name (by default the data set's); `console` how epochs are shown.
+    """
     validate(cfg)
     tracker = tracker or start_tracker(cfg)
     try:
         with sigterm_raises():
-            return _execute(cfg, output_dir, hydra_dir, tracker)
+            return _execute(cfg, output_dir, hydra_dir, tracker, name or run_name(cfg), console)
     finally:
         if tracker is not None:
             tracker.close()
 
 
-def torch_threads() -> int:
-    """Threads for torch's CPU kernels: the cores this process may use, less one for the
-    MLflow writer and the rest of the machine. A launcher's own limit wins (joblib sets
-    OMP_NUM_THREADS in its workers).
+def torch_threads(asked: int | None = None) -> int:
+    """Threads for torch's CPU kernels: `train.threads` when set; otherwise the cores this
+    process may use, less one for the MLflow writer and the rest of the machine. A launcher's
+    own limit wins over that guess (joblib sets OMP_NUM_THREADS in its workers).
 
     Torch's default (every core) makes its threads spin against the writer or other jobs: on
     2 busy cores a small epoch was measured 10 to 300 times slower with 2 threads than with 1.
     """
+    if asked is not None:
+        return asked
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) - 1)
 
 
-def _execute(
-    cfg: DictConfig, output_dir: Path, hydra_dir: Path | None, tracker: Tracker | None
-) -> RunResult:
-    torch.set_num_threads(torch_threads())
+@dataclass
+class Prepared:
+    """Everything one run trains with, built from a plain config: the loop's inputs."""
+
+    device: torch.device
+    data: datasets.DeviceData
+    split_info: datasets.SplitData  # the split's description; its arrays are dropped
+    model: Callable[[torch.Tensor], torch.Tensor]
+    update: Updater
+    loss: LossFn
+    quality: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    quality_name: str
+    generator: torch.Generator
+    threads: int
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Set up one run from a plain config: threads, seed, device, data, model, update, loss.
+
+    The CLI and `make bench` both call this, so the benchmark times exactly what a run trains.
+    """
+    threads = torch_threads(cfg.train.threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     dtype = getattr(torch, cfg.train.dtype)
     device = resolve_device(cfg.device.name)
@@ -108,18 +148,17 @@ def _execute(
         task=cfg.dataset.task,
         test_size=cfg.dataset.test_size,
         seed=cfg.seed,
+        sep=cfg.dataset.sep,
+        encoding=cfg.dataset.encoding,
     )
     tensors = datasets.to_device(split, device, dtype)
-    task, target_std, n_features, n_outputs = (
-        split.task,
-        split.target_std,
-        split.n_features,
-        split.n_outputs,
-    )
-    del split  # the float64 NumPy copy: only the device tensors are needed from here on
+    task, target_std = split.task, split.target_std
+    # Keep the description, drop the float64 NumPy copy: only the device tensors train.
+    info = replace(split, x_train=split.x_train[:0], x_val=split.x_val[:0])
+    del split
     model = build_model(
-        n_features,
-        n_outputs,
+        info.n_features,
+        info.n_outputs,
         width=cfg.model.width,
         activation=cfg.model.activation,
         impl=cfg.model.impl,
@@ -135,40 +174,77 @@ def _execute(
         momentum=cfg.train.momentum,
         weight_decay=cfg.train.weight_decay,
     )
-    loss = loss_function(task, cfg.model.impl, cfg.model.loss)
-    quality_name = "val_rmse" if task == "regression" else "val_accuracy"
+    return Prepared(
+        device=device,
+        data=tensors,
+        split_info=info,
+        model=model,
+        update=update,
+        loss=loss_function(task, cfg.model.impl, cfg.model.loss),
+        quality=lambda p, y: quality(p, y, task, target_std),
+        quality_name="val_rmse" if task == "regression" else "val_accuracy",
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+        threads=threads,
+    )
+
+
+def _execute(
+    cfg: DictConfig,
+    output_dir: Path,
+    hydra_dir: Path | None,
+    tracker: Tracker | None,
+    name: str,
+    console: ConsoleReport | None,
+) -> RunResult:
+    started = time.monotonic()
+    ready = prepare(cfg)
+    info = ready.split_info
+    log.info(info.describe())
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
     OmegaConf.save(rerunnable(cfg), config_file)
-    result = RunResult(status="RUNNING", exit_code=0, device=str(device))
+    result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
     if tracker is not None:
-        params = {
-            **flatten(cfg),
+        run_params = {
+            **params(cfg),
             "dataset": cfg.dataset.name,
             "update": cfg["update"].name,
             "device": cfg.device.name,
+            "data.task": info.task,
+            "data.rows": str(info.n_rows),
+            "data.features": str(info.n_features),
+            "torch.threads": str(ready.threads),
         }
+        if info.classes:
+            run_params["data.classes"] = ",".join(info.classes)
         startup_files = [(config_file, None)] + ([(hydra_dir, ".hydra")] if hydra_dir else [])
-        tags = {"looplab.device": str(device), "mlflow.source.name": "looplab-train"}
-        result.run_id = tracker.start_run(run_name(cfg), params, tags, startup_files)
+        tags = {
+            "looplab.device": str(ready.device),
+            "looplab.run_dir": str(output_dir.resolve()),
+            "looplab.task_reason": info.task_reason,
+            "mlflow.source.name": "looplab-train",
+        }
+        result.run_id = tracker.start_run(name, run_params, tags, startup_files)
 
-    console = ConsoleReport(cfg.train.epochs, cfg.train.print_style, cfg.train.print_every)
-    csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", quality_name])
+    console = console or ConsoleReport(
+        cfg.train.epochs, cfg.train.print_style, cfg.train.print_every
+    )
+    csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
     end_tags: dict[str, str] = {}
     failure: BaseException | None = None
     try:
         fit(
-            model,
-            loss,
-            update,
-            tensors,
+            ready.model,
+            ready.loss,
+            ready.update,
+            ready.data,
             epochs=cfg.train.epochs,
-            quality=lambda p, y: quality(p, y, task, target_std),
-            quality_name=quality_name,
+            quality=ready.quality,
+            quality_name=ready.quality_name,
             batch_size=cfg.train.batch_size,
-            generator=torch.Generator(device=device).manual_seed(cfg.seed),
+            generator=ready.generator,
             callbacks=callbacks,
         )
         result.status = "FINISHED"
@@ -187,21 +263,43 @@ def _execute(
         end_tags = {"looplab.stopped_by": "SIGINT" if interrupted else "SIGTERM"}
     except BaseException as error:
         result.status, result.exit_code, failure = "FAILED", EXIT_FAILED, error
-        end_tags = {"looplab.error": f"{type(error).__name__}: {error}"[:5000]}
+        result.error = f"{type(error).__name__}: {error}"
+        end_tags = {"looplab.error": result.error[:5000]}
     finally:
-        console.close()
+        console.close()  # every buffered line is out before any error is told
         csv.close()
     if tracker is not None:
         result.warning = tracker.finish(result.status, end_tags, [(csv.path, None)])
     if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    result.seconds = time.monotonic() - started
+    log.info(closing_line(result, output_dir))
     if failure is not None:
         raise failure
     return result
+
+
+def closing_line(result: RunResult, output_dir: Path) -> str:
+    """One line that says how the run ended, its last numbers, and where to look."""
+    last = result.history[-1].metrics if result.history else {}
+    numbers = ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "no epoch finished"
+    epochs = f"{len(result.history)} epochs" if result.history else "0 epochs"
+    where = f"files in {_shown(output_dir)}"
+    if result.run_id:
+        where = f"MLflow run {result.run_id}; {where}; see it with `looplab ui` or `make ui`"
+    return f"{result.name}: {result.status} after {epochs} ({numbers}); {where}"
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the launch directory when it is under it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def print_warning(result: RunResult, output_dir: Path) -> None:
     """Tell the user what did not reach the store, and where the complete record is."""
     if result.warning:
         where = output_dir / "metrics.csv"
-        print(f"warning: {result.warning}; the full history is in {where}", file=sys.stderr)
+        log.warning(f"warning: {result.warning}; the full history is in {where}")

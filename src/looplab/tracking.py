@@ -399,6 +399,12 @@ def _open_store(uri: str, experiment: str) -> tuple[Any, str]:
 
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{database}.lock"):  # the store's schema migration happens in here
+        if not database.exists():
+            # Create the store ourselves, so that even its `Default` experiment keeps its
+            # artifacts beside the database (MLflow's own default is ./mlruns/0 in the cwd).
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            SqlAlchemyStore(uri, (database.parent / "artifacts").as_uri())
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
         return client, get_or_create(client)

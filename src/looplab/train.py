@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import hydra
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
@@ -35,7 +36,14 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from looplab.config import config_dir, plain_config, register, unknown_key_message, validate
+from looplab.config import (
+    config_dir,
+    plain_config,
+    register,
+    run_name,
+    unknown_key_message,
+    validate,
+)
 from looplab.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -84,9 +92,24 @@ def _discard_unstarted(output_dir: Path, job_name: str) -> None:
         folder = folder.parent
 
 
+_BASELINES: dict[str | None, DictConfig] = {}
+
+
+def baseline(preset: str | None) -> DictConfig:
+    """The config with no overrides but the preset: what a run's name is told apart from.
+
+    Composed once per preset and process (a sweep's jobs in one process share it).
+    """
+    if preset not in _BASELINES:
+        overrides = [f"experiment={preset}"] if preset else []
+        _BASELINES[preset] = plain_config(compose(config_name="train", overrides=overrides))
+    return _BASELINES[preset]
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def train_job(cfg: DictConfig) -> float | None:
-    """Run one job; return its last validation loss (a value sweepers can minimise)."""
+def train_job(cfg: DictConfig) -> float:
+    """Run one job; return its final validation loss, the value sweepers minimise (+inf for
+    a job that did not finish, so that a search ranks it last)."""
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     hydra_dir = output_dir / hydra_config.output_subdir if hydra_config.output_subdir else None
@@ -98,7 +121,9 @@ def train_job(cfg: DictConfig) -> float | None:
         tracker = start_tracker(plain)
         from looplab.run import execute, print_warning
 
-        result = execute(plain, output_dir, hydra_dir, tracker)
+        preset = hydra_config.runtime.choices.get("experiment")
+        name = run_name(plain, baseline(preset), preset)
+        result = execute(plain, output_dir, hydra_dir, tracker, name=name)
     except LooplabError as error:
         _discard_unstarted(output_dir, hydra_config.job.name)
         if os.environ.get(USER_FULL_ERROR) == "1":
@@ -114,7 +139,7 @@ def train_job(cfg: DictConfig) -> float | None:
         sys.exit(result.exit_code)
     if result.error:  # a diverged job in a sweep: reported, and the sweep goes on
         print(f"looplab-train: job {hydra_config.job.num}: {result.error}", file=sys.stderr)
-    return result.history[-1].metrics["val_loss"] if result.history else float("nan")
+    return result.objective
 
 
 def _first_line(text: str) -> str:
