@@ -29,7 +29,7 @@ def test_a_run_records_params_every_epoch_and_its_config(run_cli, client, tmp_pa
     assert done.returncode == 0, done.stderr
     run = only_run(client)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "breast_cancer-w4-sgd-lr0.1"
+    assert run.info.run_name == "breast_cancer width=4 sgd epochs=7"
     params = run.data.params
     assert params["model.width"] == "4" and params["train.lr"] == "0.1"
     assert (params["dataset"], params["update"], params["device"]) == (
@@ -94,7 +94,9 @@ def test_a_sweep_records_one_run_per_job_under_outputs_sweeps(run_cli, client, t
     found = client.get_experiment_by_name("looplab")
     runs = client.search_runs([found.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(
-        f"breast_cancer-w{w}-manual-lr{lr}" for lr in ("0.05", "0.5") for w in (0, 3)
+        f"breast_cancer{' width=3' if w else ''} epochs=2 lr={lr}"
+        for lr in ("0.05", "0.5")
+        for w in (0, 3)
     )
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list(tmp_path.glob("outputs/sweeps/*/*/*/metrics.csv"))) == 4
@@ -150,7 +152,7 @@ def test_python_dash_m_is_the_same_entry_point(tmp_path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("Epoch: 1/1, Loss: ")
+    assert done.stdout.splitlines()[1].startswith("Epoch: 1/1, Loss: ")
 
 
 def test_metrics_reach_the_store_while_the_run_is_still_going(tmp_path, client) -> None:
@@ -214,3 +216,36 @@ def test_a_terminal_gets_a_progress_bar_with_the_loss_instead_of_lines(tmp_path)
     text = screen.decode(errors="replace")
     assert "30/30" in text and "train_loss=" in text and "epoch" in text
     assert "Epoch: 1/30" not in text
+
+
+def test_a_run_tells_its_story_on_the_console_and_in_train_log(run_cli, tmp_path) -> None:
+    """Faults: an empty train.log; no line saying which task was inferred; no closing line
+    with status, numbers, run id and folder; MLflow's Default experiment writing ./mlruns."""
+    from mlflow.tracking import MlflowClient
+
+    done = run_cli("train.epochs=3", "model.impl=module")
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=store_uri(tmp_path))  # the run created the store
+    run = only_run(client)
+    assert run.info.run_name == "breast_cancer impl=module epochs=3"
+    (run_dir,) = list(tmp_path.glob("outputs/runs/*/*"))
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("task: binary classification, inferred: target 'target' holds 2")
+    closing = lines[-1]
+    assert closing.startswith("breast_cancer impl=module epochs=3: FINISHED after 3 epochs (")
+    assert run.info.run_id in closing and str(run_dir.relative_to(tmp_path)) in closing
+    assert "val_accuracy" in closing and "make ui" in closing
+    story = (run_dir / "train.log").read_text()
+    assert "task: binary classification" in story and ": FINISHED after 3 epochs" in story
+    assert not (tmp_path / "mlruns").exists()
+    default = client.get_experiment_by_name("Default")
+    assert default.artifact_location.startswith((tmp_path / "outputs").resolve().as_uri())
+
+
+def test_help_is_looplabs_own(run_cli) -> None:
+    """Fault: --help shows Hydra's "train is powered by Hydra" header instead of looplab's."""
+    done = run_cli("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("looplab-train: run the PyTorch training loop")
+    assert "powered by Hydra" not in done.stdout
+    assert "experiment=seed" in done.stdout and "dataset: breast_cancer, csv" in done.stdout

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import compose_raw
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from looplab.config import config_dir, flatten, plain_config, run_name, validate
+from looplab.config import config_dir, flatten, params, plain_config, run_name, validate
+from looplab.errors import ConfigError
 
 GROUPS = ["dataset", "update", "device", "experiment"]
 
@@ -40,6 +43,7 @@ def test_the_groups_offer_what_the_docs_promise() -> None:
         "tracking.enabled=false",
         "tracking.uri=sqlite:////tmp/elsewhere.db",
         "tracking.experiment=other",
+        "train.threads=1",
     ],
 )
 def test_every_option_composes_and_validates(override: str) -> None:
@@ -129,3 +133,33 @@ def test_flatten_gives_dotted_keys_with_resolved_values() -> None:
 def test_wrong_types_and_options_fail_when_composed(override: str) -> None:
     with pytest.raises((ValidationError, ConfigCompositionException)):
         compose_raw(override)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "dataset.path=x.csv",
+        "dataset.target=label",
+        "dataset.drop=[id]",
+        "dataset.sep=';'",
+        "dataset.encoding=latin-1",
+    ],
+)
+def test_csv_keys_are_refused_for_a_built_in_data_set(override: str) -> None:
+    """Fault: dataset.path/target/drop/sep/encoding silently ignored for dataset=iris."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}=.* dataset=iris is built in"):
+        validate(plain_config(compose_raw("dataset=iris", override)))
+
+
+def test_activation_is_no_param_of_a_model_without_a_hidden_layer() -> None:
+    """Fault: model.activation logged for width 0, where it changes nothing."""
+    assert "model.activation" not in params(plain_config(compose_raw("model.width=0")))
+    assert params(plain_config(compose_raw("model.width=3")))["model.activation"] == "relu"
+
+
+def test_threads_must_be_positive_or_null() -> None:
+    """Fault: train.threads=0 accepted (torch would refuse it mid-start)."""
+    with pytest.raises(ConfigError, match=r"train\.threads=0 is not allowed"):
+        validate(plain_config(compose_raw("train.threads=0")))
+    validate(plain_config(compose_raw("train.threads=1")))

@@ -111,3 +111,44 @@ def test_unusable_targets_are_named(tmp_path, column, drop, words) -> None:
     path = write(tmp_path, frame)
     with pytest.raises(DataError, match=re.escape(words)):
         data.load("csv", path=path, target=column, drop=drop)
+
+
+def test_labels_that_pandas_would_call_missing_stay_classes(tmp_path) -> None:
+    """Fault: the target read with pandas' default NA strings, so `NA` and `null` labels turn
+    into missing values (and the run refuses the target or drops a class)."""
+    path = tmp_path / "labels.csv"
+    rows = ["a,b,label"] + [f"{i},{i % 3},{['NA', 'null', 'ok'][i % 3]}" for i in range(30)]
+    path.write_text("\n".join(rows) + "\n")
+    split = data.load("csv", path=str(path), target="label")
+    assert split.classes == ["NA", "null", "ok"] and split.task == "multiclass"
+
+
+def test_a_missing_feature_mark_is_still_missing(tmp_path) -> None:
+    """Fault: NA marks no longer read as missing in feature columns (a text column instead)."""
+    path = tmp_path / "gaps.csv"
+    path.write_text("a,b,y\n1,NA,0\n2,3,1\n3,4,0\n4,5,1\n5,6,0\n6,7,1\n")
+    with pytest.raises(DataError, match=r"NaN or infinite values in 1 row\(s\), column\(s\): b"):
+        data.load("csv", path=str(path), target="y")
+
+
+def test_separator_and_encoding_reach_the_reader(tmp_path) -> None:
+    """Fault: dataset.sep or dataset.encoding not passed to pandas."""
+    path = tmp_path / "semicolons.csv"
+    text = "größe;b;klasse\n" + "".join(
+        f"{i};{i % 4};{'jä' if i % 2 else 'nein'}\n" for i in range(20)
+    )
+    path.write_bytes(text.encode("latin-1"))
+    split = data.load("csv", path=str(path), target="klasse", sep=";", encoding="latin-1")
+    assert split.n_features == 2 and split.classes == ["jä", "nein"]
+    with pytest.raises(DataError):
+        data.load("csv", path=str(path), target="klasse")  # a comma and UTF-8 cannot read it
+
+
+def test_the_inferred_task_says_why() -> None:
+    """Fault: the task is inferred silently (the reason or the class order not reported)."""
+    split = data.load("iris")
+    assert split.task == "multiclass" and split.classes == ["0", "1", "2"]
+    assert "3 distinct integers" in split.task_reason
+    line = split.describe()
+    assert line.startswith("task: classification") and "150 rows" in line and "4 features" in line
+    assert "set by dataset.task=regression" in data.load("iris", task="regression").task_reason
