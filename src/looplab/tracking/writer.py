@@ -1,6 +1,5 @@
 """MLflow tracking, done by a writer process so that the training process never waits for it.
-
-This is the only module that talks to MLflow. `Tracker` lives in the training process and
+ `Tracker` lives in the training process and
 never imports MLflow: it buffers epoch results and pipes them, a few times a second, to a
 child process (`python -m looplab.tracking`) that owns the MLflow client, writes metrics
 with `log_batch`, and ends the run. MLflow's per-metric Python cost then runs on another
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.errors import TrackingError
+from looplab.tracking.store import open_store
 
 if TYPE_CHECKING:  # the writer process must not pay for importing torch
     from omegaconf import DictConfig
@@ -44,7 +44,6 @@ MAX_PARAM_LENGTH = 6000
 # How long the parent waits for the store to answer before giving up, and for the last flush.
 CONNECT_TIMEOUT_SECONDS = 60.0
 FINISH_TIMEOUT_SECONDS = 120.0
-HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
 
 
 # Writers whose run ended cleanly, by (uri, experiment), waiting for this process's next job.
@@ -236,7 +235,7 @@ class _Writer:
     def open(self, uri: str, experiment: str) -> None:
         self.uri = uri
         try:
-            self.client, self.experiment_id = _open_store(uri, experiment)
+            self.client, self.experiment_id = open_store(uri, experiment)
         except Exception as error:  # reported when the run is asked for
             self.open_error = f"cannot use MLflow store {uri}: {_first_line(error)}"
 
@@ -362,66 +361,6 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _open_store(uri: str, experiment: str) -> tuple[Any, str]:
-    """Open (and if need be create) the store and the experiment, safely under concurrency.
-
-    A new SQLite store is created under a file lock: MLflow's schema migration fails when
-    several processes run it at once. The experiment is looked up or created under the same
-    lock, and the run later gets its id explicitly, so no run lands in `Default`.
-    """
-    import logging
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
-    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-    def get_or_create(client: MlflowClient) -> str:
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return found.experiment_id
-        location = (database.parent / "artifacts").as_uri() if database else None
-        try:
-            return client.create_experiment(experiment, artifact_location=location)
-        except MlflowException:  # another process created it in the meantime
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-            return found.experiment_id
-
-    if database is None:
-        if uri.startswith(("http://", "https://")):
-            _check_server(uri)
-        client = MlflowClient(tracking_uri=uri)
-        return client, get_or_create(client)
-    from filelock import FileLock
-
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{database}.lock"):  # the store's schema migration happens in here
-        if not database.exists():
-            # Create the store ourselves, so that even its `Default` experiment keeps its
-            # artifacts beside the database (MLflow's own default is ./mlruns/0 in the cwd).
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            SqlAlchemyStore(uri, (database.parent / "artifacts").as_uri())
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-        return client, get_or_create(client)
-
-
-def _check_server(uri: str) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers."""
-    import requests
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=HTTP_HEALTH_TIMEOUT_SECONDS)
-    except requests.RequestException:
-        raise ConnectionError(f"no MLflow server answers at {uri}") from None
-
-
 def _reader(stream: Any, inbox: Any) -> None:
     """Read messages off the pipe as fast as they come, so the parent never blocks on it."""
     while True:
@@ -472,7 +411,3 @@ def writer_main() -> None:
     with contextlib.suppress(BrokenPipeError):
         reply.close()
     os._exit(0)
-
-
-if __name__ == "__main__":
-    writer_main()

@@ -1,0 +1,13 @@
+"""Everything that talks to MLflow, behind one door.
+
+- `writer`: the training side's `Tracker` (no MLflow import) and the writer process that owns
+  the MLflow client during a run;
+- `store`: opening (and creating) a store and an experiment, safely under concurrency;
+- `reader`: reading runs, sweeps and metric histories back, for the `looplab` commands.
+
+Nothing outside this package imports MLflow.
+"""
+
+from looplab.tracking.writer import Tracker, start_tracker
+
+__all__ = ["Tracker", "start_tracker"]

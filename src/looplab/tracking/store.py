@@ -1,0 +1,73 @@
+"""Opening an MLflow store: the one place that creates a store or an experiment.
+
+Both the writer process and the `looplab` commands' reader open stores through here, so a
+new SQLite store is always created the same way, under the same lock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
+
+
+def open_store(uri: str, experiment: str) -> tuple[Any, str]:
+    """Open (and if need be create) the store and the experiment, safely under concurrency.
+
+    A new SQLite store is created under a file lock: MLflow's schema migration fails when
+    several processes run it at once. The experiment is looked up or created under the same
+    lock, and the run later gets its id explicitly, so no run lands in `Default`.
+    """
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+    def get_or_create(client: MlflowClient) -> str:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        location = (database.parent / "artifacts").as_uri() if database else None
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # another process created it in the meantime
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    if database is None:
+        if uri.startswith(("http://", "https://")):
+            check_server(uri)
+        client = MlflowClient(tracking_uri=uri)
+        return client, get_or_create(client)
+    from filelock import FileLock
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):  # the store's schema migration happens in here
+        if not database.exists():
+            # Create the store ourselves, so that even its `Default` experiment keeps its
+            # artifacts beside the database (MLflow's own default is ./mlruns/0 in the cwd).
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            SqlAlchemyStore(uri, (database.parent / "artifacts").as_uri())
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+        return client, get_or_create(client)
+
+
+def check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers."""
+    import requests
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=HTTP_HEALTH_TIMEOUT_SECONDS)
+    except requests.RequestException:
+        raise ConnectionError(f"no MLflow server answers at {uri}") from None
