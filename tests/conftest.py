@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +18,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from looplab.config import config_dir, plain_config, register
+from looplab.server import free_port as free_port  # re-exported for the test files
+from looplab.server import mlflow_server as start_mlflow_server
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 register()
@@ -86,62 +84,17 @@ def only_run(client, experiment: str = "looplab"):
     return runs[0]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_server(folder: Path, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `mlflow server` on 127.0.0.1 storing in `folder / "server.db"`: (url, process).
 
     Yields once /health answers. The server runs in its own session, so a test may kill it
     and its workers at once with `os.killpg(process.pid, ...)`; whatever is left is killed
-    on the way out.
+    on the way out. A thin wrapper over `looplab.server.mlflow_server`, which bench uses too.
     """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=folder,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its workers share a process group we can kill at once
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert server.poll() is None, "mlflow server exited"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.3)
-        yield url, server
-    finally:
-        if server.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    uri = f"sqlite:///{folder / 'server.db'}"
+    with start_mlflow_server(uri, cwd=folder, timeout=timeout) as running:
+        yield running
 
 
 IMPLS_BY_UPDATES = [

@@ -7,8 +7,12 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
 
+from looplab import data
 from looplab.errors import ConfigError
+from looplab.model import initial_parameters
 from looplab.run import execute
 
 
@@ -65,19 +69,62 @@ def test_diabetes_rmse_is_in_the_targets_units(make_config, tmp_path) -> None:
     assert 40 < rmse < 80  # the target spans 25..346; a plain linear fit is near 55
 
 
-def test_mini_batches_are_reshuffled_each_epoch_and_reproducible(make_config, tmp_path) -> None:
-    def losses(seed: int) -> list[float]:
-        cfg = make_config(
-            "train.batch_size=50",
-            "train.epochs=5",
-            f"seed={seed}",
-            "train.print_every=0",
-            "tracking.enabled=false",
-        )
-        return [e.metrics["train_loss"] for e in execute(cfg, tmp_path / str(seed)).history]
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
-    assert losses(1) == losses(1)
-    assert losses(1) != losses(2)
+
+def shuffled_curve(order: str, *, seed: int, batch_size: int, epochs: int) -> list[float]:
+    """The run's train-loss curve written out: breast_cancer, one neuron, plain SGD at lr 0.1,
+    float64, mini-batches of rows in `order`: `each` (a fresh randperm each epoch, from a
+    generator seeded with the seed), `once` (one randperm for every epoch) or `never`."""
+    split = data.load("breast_cancer", seed=seed)
+    tensors = data.to_device(split, torch.device("cpu"), torch.float64)
+    x, y, n = tensors.x_train, tensors.y_train, len(tensors.x_train)
+    (layer,) = initial_parameters([x.shape[1], 1], "default", torch.float64, seeded(seed))
+    w, b = (p.clone().requires_grad_(True) for p in layer)
+    shuffle = seeded(seed)
+    fixed = torch.randperm(n, generator=shuffle) if order == "once" else torch.arange(n)
+    curve = []
+    for _ in range(epochs):
+        rows_order = torch.randperm(n, generator=shuffle) if order == "each" else fixed
+        total = 0.0
+        for rows in rows_order.split(batch_size):
+            loss = F.binary_cross_entropy_with_logits(x[rows] @ w + b, y[rows])
+            grad_w, grad_b = torch.autograd.grad(loss, [w, b])
+            with torch.no_grad():
+                w -= 0.1 * grad_w
+                b -= 0.1 * grad_b
+            total += loss.item() * len(rows) / n
+        curve.append(total)
+    return curve
+
+
+def test_mini_batches_are_reshuffled_each_epoch_and_reproducible(make_config, tmp_path) -> None:
+    """Faults: loop.py never shuffles (torch.arange instead of torch.randperm), or shuffles once
+    and reuses that order every epoch; or the shuffle is not seeded (two runs differ).
+
+    The seed, and so the split and the initial weights, stays the same: only the order of the
+    rows can tell the curves apart.
+    """
+    settings = {"seed": 7, "batch_size": 50, "epochs": 5}
+    cfg = make_config(
+        "device=cpu",
+        "train.dtype=float64",
+        "train.lr=0.1",
+        f"train.batch_size={settings['batch_size']}",
+        f"train.epochs={settings['epochs']}",
+        f"seed={settings['seed']}",
+        "train.print_every=0",
+        "tracking.enabled=false",
+    )
+    first, again = (
+        [e.metrics["train_loss"] for e in execute(cfg, tmp_path / name).history]
+        for name in ("first", "again")
+    )
+    assert first == again
+    np.testing.assert_allclose(first, shuffled_curve("each", **settings), rtol=0, atol=1e-10)
+    for order in ("never", "once"):  # what the faults would give: far from the run
+        assert np.max(np.abs(np.subtract(first, shuffled_curve(order, **settings)))) > 1e-6
 
 
 def test_a_tracked_run_lands_in_the_store(make_config, tmp_path, client) -> None:

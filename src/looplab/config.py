@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from looplab.errors import ConfigError
+from looplab.tracking.store import default_store_uri
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -276,8 +277,7 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
     """
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     if plain.tracking.enabled and not plain.tracking.uri:
-        store = ((launch_dir or Path.cwd()) / "outputs" / "mlflow.db").resolve()
-        plain.tracking.uri = f"sqlite:///{store}"
+        plain.tracking.uri = default_store_uri(launch_dir)
     return plain
 
 

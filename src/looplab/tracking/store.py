@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
+DEFAULT_EXPERIMENT = "looplab"
+
+
+def default_store_uri(launch_dir: Path | None = None) -> str:
+    """`sqlite:///<launch dir>/outputs/mlflow.db`: the store `looplab-train` and the `looplab`
+    commands use unless told otherwise. Absolute, so every job of a sweep finds the same one."""
+    return f"sqlite:///{((launch_dir or Path.cwd()) / 'outputs' / 'mlflow.db').resolve()}"
 
 
 def open_store(uri: str, experiment: str) -> tuple[Any, str]:
