@@ -18,3 +18,10 @@ class UpToInfo(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING
+
+
+class NotFileOnly(logging.Filter):
+    """Keep records logged with `extra={"file_only": True}` off the console (train.log only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)

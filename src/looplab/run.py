@@ -83,16 +83,20 @@ def execute(
     tracker: Tracker | None = None,
     name: str | None = None,
     console: ConsoleReport | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
-    `name` is the run's name (by default the data set's); `console` how epochs are shown.
+    `name` is the run's name (by default the data set's); `console` how epochs are shown
+    (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest.
     """
     validate(cfg)
     tracker = tracker or start_tracker(cfg)
     try:
         with sigterm_raises():
-            return _execute(cfg, output_dir, hydra_dir, tracker, name or run_name(cfg), console)
+            return _execute(
+                cfg, output_dir, hydra_dir, tracker, name or run_name(cfg), console, tags or {}
+            )
     finally:
         if tracker is not None:
             tracker.close()
@@ -195,11 +199,16 @@ def _execute(
     tracker: Tracker | None,
     name: str,
     console: ConsoleReport | None,
+    extra_tags: dict[str, str],
 ) -> RunResult:
     started = time.monotonic()
     ready = prepare(cfg)
     info = ready.split_info
-    log.info(info.describe())
+    console = console or ConsoleReport(
+        cfg.train.epochs, cfg.train.print_style, cfg.train.print_every
+    )
+    # In a sweep the task line goes to train.log only: the console keeps one line per job.
+    log.info(console.prefix + info.describe(), extra={"file_only": bool(console.prefix)})
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
@@ -224,12 +233,10 @@ def _execute(
             "looplab.run_dir": str(output_dir.resolve()),
             "looplab.task_reason": info.task_reason,
             "mlflow.source.name": "looplab-train",
+            **extra_tags,
         }
         result.run_id = tracker.start_run(name, run_params, tags, startup_files)
 
-    console = console or ConsoleReport(
-        cfg.train.epochs, cfg.train.print_style, cfg.train.print_every
-    )
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
     end_tags: dict[str, str] = {}
@@ -273,21 +280,25 @@ def _execute(
     if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)
     result.seconds = time.monotonic() - started
-    log.info(closing_line(result, output_dir))
+    log.info(console.prefix + closing_line(result, output_dir, hint=not console.prefix))
     if failure is not None:
         raise failure
     return result
 
 
-def closing_line(result: RunResult, output_dir: Path) -> str:
-    """One line that says how the run ended, its last numbers, and where to look."""
+def closing_line(result: RunResult, output_dir: Path, hint: bool = True) -> str:
+    """One line that says how the run ended, its last numbers, and where to look (a sweep's
+    jobs leave out the hint: the sweep's own summary gives it once)."""
     last = result.history[-1].metrics if result.history else {}
     numbers = ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "no epoch finished"
     epochs = f"{len(result.history)} epochs" if result.history else "0 epochs"
     where = f"files in {_shown(output_dir)}"
     if result.run_id:
-        where = f"MLflow run {result.run_id}; {where}; see it with `looplab ui` or `make ui`"
-    return f"{result.name}: {result.status} after {epochs} ({numbers}); {where}"
+        where = f"MLflow run {result.run_id}; {where}"
+        if hint:
+            where += "; see it with `looplab ui` or `make ui`"
+    why = f": {result.error}" if result.error else ""
+    return f"{result.name}: {result.status} after {epochs} ({numbers}){why}; {where}"
 
 
 def _shown(path: Path) -> str:

@@ -17,9 +17,11 @@ what is allowed. A user who sets HYDRA_FULL_ERROR=1 gets the full traceback inst
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -51,7 +53,7 @@ from looplab.errors import (
     LooplabError,
     Terminated,
 )
-from looplab.tracking import start_tracker
+from looplab.tracking import Tracker, start_tracker
 
 register()
 
@@ -106,40 +108,110 @@ def baseline(preset: str | None) -> DictConfig:
     return _BASELINES[preset]
 
 
+@dataclass
+class SweepJob:
+    """A job's place in its sweep, from what every job's Hydra config holds."""
+
+    num: int
+    sweep_dir: Path
+    overrides: list[str]
+
+    @property
+    def prefix(self) -> str:
+        return f"[job {self.num}] "
+
+    def name_and_tags(self, tracker: Tracker | None) -> tuple[str, dict[str, str]]:
+        """The child's name (what varies in its sweep) and its tags, the parent's id among
+        them: looked up in the store by the sweep's id, wherever this job runs."""
+        from looplab.sweep import job_name, sweep_id
+
+        tags = {
+            "looplab.role": "job",
+            "looplab.sweep_id": sweep_id(self.sweep_dir),
+            "looplab.job": str(self.num),
+        }
+        parent_id, swept_keys = (None, [])
+        if tracker is not None:
+            parent_id, swept_keys = tracker.find_sweep(tags["looplab.sweep_id"])
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        return job_name(self.overrides, swept_keys), tags
+
+    def record(self, name: str, status: str, **details: object) -> None:
+        from looplab.sweep import JobRecord
+
+        JobRecord(self.num, name, status, **details).write(self.sweep_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def train_job(cfg: DictConfig) -> float:
     """Run one job; return its final validation loss, the value sweepers minimise (+inf for
-    a job that did not finish, so that a search ranks it last)."""
+    a job that did not finish, so that a search ranks it last).
+
+    In a sweep a failing job is reported in one line and the sweep goes on; its end is
+    recorded in the sweep folder for the sweep's summary and exit code.
+    """
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     hydra_dir = output_dir / hydra_config.output_subdir if hydra_config.output_subdir else None
-    in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    job = None
+    if hydra_config.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(str(hydra_config.sweep.dir)).resolve()
+        job = SweepJob(hydra_config.job.num, sweep_dir, list(hydra_config.overrides.task))
+    name = ""
     try:
         plain = plain_config(cfg)
         validate(plain)
         # Start MLflow's writer process before torch is imported, so the two overlap.
         tracker = start_tracker(plain)
+        from looplab.reporting import ConsoleReport
         from looplab.run import execute, print_warning
 
         preset = hydra_config.runtime.choices.get("experiment")
         name = run_name(plain, baseline(preset), preset)
-        result = execute(plain, output_dir, hydra_dir, tracker, name=name)
-    except LooplabError as error:
+        tags: dict[str, str] = {}
+        console = None
+        if job is not None:
+            swept_name, tags = job.name_and_tags(tracker)
+            name = swept_name or name
+            train = plain.train
+            console = ConsoleReport(
+                train.epochs, train.print_style, train.print_every, prefix=job.prefix
+            )
+        result = execute(
+            plain, output_dir, hydra_dir, tracker, name=name, console=console, tags=tags
+        )
+    except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)
         if os.environ.get(USER_FULL_ERROR) == "1":
             raise
-        _fail(str(error))
-    except OmegaConfBaseException as error:  # e.g. an interpolation that cannot be resolved
-        _discard_unstarted(output_dir, hydra_config.job.name)
-        _fail(describe(error))
+        message = str(error) if isinstance(error, LooplabError) else describe(error)
+        if job is None:
+            _fail(message)
+        return _job_failed(job, name, message)
+    except Exception as error:  # a bug mid-run: the run is FAILED in the store already
+        if job is None or os.environ.get(USER_FULL_ERROR) == "1":
+            raise
+        return _job_failed(job, name, f"{type(error).__name__}: {error}", run_started=True)
     print_warning(result, output_dir)
-    if result.exit_code and not (in_sweep and result.status == "FAILED"):
+    if job is not None:
+        last = result.history[-1].metrics if result.history else {}
+        job.record(name, result.status, run_id=result.run_id, error=result.error, metrics=last)
+    if result.exit_code and not (job is not None and result.status == "FAILED"):
         if result.error:
             print(f"looplab-train: {result.error}", file=sys.stderr)
         sys.exit(result.exit_code)
     if result.error:  # a diverged job in a sweep: reported, and the sweep goes on
-        print(f"looplab-train: job {hydra_config.job.num}: {result.error}", file=sys.stderr)
+        print(f"looplab-train: job {job.num if job else 0}: {result.error}", file=sys.stderr)
     return result.objective
+
+
+def _job_failed(job: SweepJob, name: str, message: str, run_started: bool = False) -> float:
+    """Report a sweep job that failed in one line, record it, and let the sweep go on."""
+    when = "" if run_started else " before training"
+    print(f"looplab-train: job {job.num} {name}: failed{when}: {message}", file=sys.stderr)
+    job.record(name or f"job {job.num}", "FAILED", error=message)
+    return math.inf
 
 
 def _first_line(text: str) -> str:
@@ -195,73 +267,29 @@ def describe(error: BaseException) -> str:
     return "; ".join(lines) or type(error).__name__
 
 
-def _sweep_jobs(argv: list[str]) -> list[list[str]]:
-    """The overrides of the jobs `_check_sweep` composes; [] when this is no plain sweep.
-
-    Each swept value is taken once, with every other key at its first value: the sum of
-    the values, not their product, so a large grid is checked in a second or two.
-    """
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    args, _ = get_args_parser().parse_known_args(argv)
-    if not args.multirun or args.config_dir or args.config_path or args.config_name:
-        return []
-    choices: list[list[str]] = []
-    for override in OverridesParser.create().parse_overrides(args.overrides):
-        key = override.get_key_element()
-        if key.lstrip("+~").startswith("hydra"):
-            continue  # the launcher's and sweeper's settings, not the job's
-        if override.is_discrete_sweep():
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        elif override.is_sweep_override():
-            return []  # an interval, for a sweeper plugin: nothing to enumerate
-        else:
-            choices.append([override.input_line])
-    first = [values[0] for values in choices]
-    jobs = [first]
-    for index, values in enumerate(choices):
-        jobs += [[*first[:index], value, *first[index + 1 :]] for value in values[1:]]
-    return jobs
-
-
-def _check_sweep(argv: list[str]) -> None:
-    """Check every swept value before a sweep's first job: a typo in job 9 costs a second,
-    not the eight jobs before it (and the parallel jobs a failing one would take down)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException
-
-    jobs = _sweep_jobs(argv)
-    if len(jobs) < 2:
-        return
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        for job in jobs:
-            try:
-                validate(plain_config(compose("train", overrides=job)))
-            except (LooplabError, ConfigCompositionException) as error:
-                message = str(error) if isinstance(error, LooplabError) else describe(error)
-                _fail(f"{message} (nothing ran: the sweep is checked before its first job)")
-            except Exception:  # anything else is left for Hydra itself to report
-                return
-
-
 def main() -> None:
     """The `looplab-train` console script: Hydra, with bad input worded as one line."""
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ[USER_FULL_ERROR] = "1" if wants_traceback else "0"  # seen by launcher workers
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we word the error below
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from looplab import sweep
+
     try:
-        _check_sweep(sys.argv[1:])
         train_job()
     except (HydraException, OmegaConfBaseException) as error:
         if wants_traceback:
             raise
         _fail(describe(error))
+    except sweep.SweepRefused as refused:
+        _fail(str(refused))
     except KeyboardInterrupt:  # before or after a run: there is nothing to mark KILLED
         _fail("interrupted", EXIT_INTERRUPTED)
     except Terminated:
         _fail("terminated", EXIT_TERMINATED)
+    if sweep.FAILED_JOBS:
+        failed = ", ".join(f"#{job.num} {job.name}" for job in sweep.FAILED_JOBS)
+        _fail(f"{len(sweep.FAILED_JOBS)} job(s) of the sweep failed: {failed}")
 
 
 if __name__ == "__main__":

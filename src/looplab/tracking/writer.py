@@ -129,6 +129,13 @@ class Tracker:
         return reply
 
     # -- the run -----------------------------------------------------------------------------
+    def find_sweep(self, sweep_id: str) -> tuple[str | None, list[str]]:
+        """The parent run of sweep `sweep_id` in this store, and the keys its sweep varies;
+        (None, []) when the store has no such parent."""
+        self._send(("find_sweep", sweep_id))
+        _, parent_id, swept_keys = self._receive(CONNECT_TIMEOUT_SECONDS, "finding the sweep")
+        return parent_id, swept_keys
+
     def start_run(
         self,
         run_name: str,
@@ -238,6 +245,28 @@ class _Writer:
             self.client, self.experiment_id = open_store(uri, experiment)
         except Exception as error:  # reported when the run is asked for
             self.open_error = f"cannot use MLflow store {uri}: {_first_line(error)}"
+
+    def find_sweep(self, sweep_id: str) -> None:
+        """Reply with the parent run tagged with this sweep id, and its swept keys."""
+        if self.open_error:
+            self.send("error", self.open_error)
+            return
+        try:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=(
+                    f"tags.`looplab.sweep_id` = '{sweep_id}' and tags.`looplab.role` = 'sweep'"
+                ),
+                max_results=1,
+            )
+        except Exception as error:
+            self.send("error", f"cannot search the MLflow store: {_first_line(error)}")
+            return
+        if not found:
+            self.send("sweep", None, [])
+            return
+        keys = found[0].data.tags.get("looplab.swept_keys", "")
+        self.send("sweep", found[0].info.run_id, [k for k in keys.split(",") if k])
 
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], files) -> None:
         if self.open_error:
@@ -401,6 +430,8 @@ def writer_main() -> None:
             writer.open(*args)
         elif kind == "start":
             writer.start(*args)
+        elif kind == "find_sweep":
+            writer.find_sweep(*args)
         elif kind == "end":
             if not writer.end(*args):
                 break

@@ -1,0 +1,31 @@
+"""The sweeper's config, as `hydra.sweeper.*` keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class LooplabOptunaSweeperConf:
+    _target_: str = "hydra_plugins.looplab_optuna_sweeper.sweeper.LooplabOptunaSweeper"
+    direction: str = "minimize"  # or maximize: the task function's return value
+    n_trials: int = 20  # trials in the whole study, those of earlier launches included
+    n_jobs: int = 1  # trials asked for at once, and handed to the launcher as one batch
+    seed: int | None = 42  # the TPE sampler's seed
+    study_name: str | None = None  # null: named after the search space and fixed overrides
+    storage: str | None = None  # null: sqlite:///<tracking store's folder>/optuna/<study>.db
+    # key: search space, in Hydra's sweep syntax: `choice(a,b)` or `a,b`, `range(1,9)`,
+    # `interval(0.001,1)`, `tag(log,interval(0.001,1))`
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def register() -> None:
+    ConfigStore.instance().store(
+        group="hydra/sweeper",
+        name="looplab_optuna",
+        node=LooplabOptunaSweeperConf,
+        provider="looplab",
+    )

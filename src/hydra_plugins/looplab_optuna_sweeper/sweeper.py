@@ -1,0 +1,143 @@
+"""A Hydra sweeper that asks Optuna for trials, launches them, and tells it the results.
+
+The study lives in Optuna's own SQLite storage beside the tracking store, named after the
+search (its space and fixed overrides), so launching the same search again picks up where a
+killed one stopped: trials it left RUNNING are marked FAIL, and only the missing ones run.
+A job that failed returns +inf (looplab's task function never returns NaN), so the study
+ranks it last; a job that raised is told to the study as FAIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def distribution(override: Override) -> Any:
+    """An Optuna distribution for one key of the search space."""
+    import optuna.distributions as dist
+
+    if override.is_discrete_sweep():
+        values = list(override.sweep_iterator())
+        if override.is_range_sweep():
+            step = values[1] - values[0] if len(values) > 1 else 1
+            return dist.IntDistribution(values[0], values[-1], step=step)
+        return dist.CategoricalDistribution(values)
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        log_scale = "log" in sweep.tags
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return dist.IntDistribution(sweep.start, sweep.end, log=log_scale)
+        return dist.FloatDistribution(sweep.start, sweep.end, log=log_scale)
+    raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+class LooplabOptunaSweeper(Sweeper):
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _space(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The search space (declared params, then command-line sweeps) and fixed overrides."""
+        declared = self.settings.get("params") or {}
+        lines = [f"{key}={value}" for key, value in declared.items()] + list(arguments)
+        space: dict[str, Any] = {}
+        fixed: dict[str, str] = {}
+        for override in OverridesParser.create().parse_overrides(lines):
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                space[key] = distribution(override)
+                fixed.pop(key, None)
+            else:
+                fixed[key] = override.input_line
+                space.pop(key, None)
+        return space, list(fixed.values())
+
+    def _storage(self, study_name: str) -> str:
+        if self.settings.get("storage"):
+            return str(self.settings["storage"])
+        assert self.config is not None
+        uri = self.config.get("tracking", {}).get("uri") or ""
+        folder = (
+            Path(uri.removeprefix("sqlite:///")).parent
+            if uri.startswith("sqlite:///")
+            else Path.cwd() / "outputs"
+        )
+        (folder / "optuna").mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(folder / 'optuna' / f'{study_name}.db').resolve()}"
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        space, fixed = self._space(arguments)
+        if not space:
+            raise ValueError("hydra/sweeper=looplab_optuna needs a search space in its params")
+        described = repr(sorted((k, repr(v)) for k, v in space.items())) + repr(sorted(fixed))
+        name = self.settings.get("study_name") or (
+            "search-" + hashlib.sha1(described.encode()).hexdigest()[:10]
+        )
+        study = optuna.create_study(
+            study_name=name,
+            storage=self._storage(name),
+            load_if_exists=True,
+            direction=self.settings.get("direction", "minimize"),
+            sampler=optuna.samplers.TPESampler(seed=self.settings.get("seed")),
+        )
+        for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # a killed launch's
+        done = len(study.get_trials(deepcopy=False))
+        total = int(self.settings.get("n_trials", 20))
+        batch_size = max(1, int(self.settings.get("n_jobs", 1)))
+        if done >= total:
+            print(f"study {name}: all {total} trials are done already ({self._storage(name)})")
+        while done < total:
+            trials = [study.ask(space) for _ in range(min(batch_size, total - done))]
+            overrides = [
+                tuple(fixed) + tuple(f"{key}={value}" for key, value in trial.params.items())
+                for trial in trials
+            ]
+            returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+            for trial, job in zip(trials, returns, strict=True):
+                try:
+                    value = float(job.return_value)
+                except Exception:  # the job raised: Optuna records it as failed
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    continue
+                if math.isnan(value):
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, value)
+            done += len(trials)
+        finished = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+        if finished:
+            best = min(
+                finished, key=lambda t: t.value if study.direction.name == "MINIMIZE" else -t.value
+            )
+            shown = " ".join(f"{k}={v}" for k, v in best.params.items())
+            print(f"study {name}: best trial #{best.number} {shown}: {best.value:.6g}")
+        OmegaConf.save(
+            {"study": name, "storage": self._storage(name), "trials": len(study.trials)},
+            Path(str(self.config.hydra.sweep.dir)) / "optuna.yaml",
+        )

@@ -1,0 +1,293 @@
+"""A sweep as one group: checked whole before its first job, one parent run, a summary at the end.
+
+Hydra calls `SweepCallback` (registered in `conf/train.yaml` under `hydra.callbacks`) in the
+process that launches the sweep:
+
+- `on_multirun_start`: every job of the sweep, every combination, is composed and checked
+  before the first job runs; then the sweep's parent MLflow run is created, tagged with a
+  sweep id that is derived from the sweep folder (`hydra.sweep.dir`), which every job's
+  Hydra config holds, wherever the job runs.
+- each job (in `train.py`) looks its parent up by that tag in the store, names itself after
+  what varies, and writes a one-line record of how it ended into the sweep folder;
+- `on_multirun_end`: the parent gets the counts, the best child, the runs table (CSV) and the
+  curves (PNG); the table is printed; jobs that failed are kept for the exit code.
+
+Hydra's callback runner turns an `Exception` into a warning, so a refused sweep is raised as
+`SweepRefused`, a BaseException that reaches `train.main`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from looplab.config import config_dir, plain_config, validate
+from looplab.errors import LooplabError
+
+# The folder, in a sweep's folder, where each job leaves a line on how it ended.
+JOB_RECORDS = ".jobs"
+
+
+class SweepRefused(BaseException):
+    """A sweep that cannot run as asked; `str(error)` is the one line to print.
+
+    A BaseException, like KeyboardInterrupt, because Hydra's callback runner would turn an
+    Exception into a warning and launch the jobs anyway.
+    """
+
+
+# Set in the launching process by `on_multirun_end`: the jobs that did not finish.
+FAILED_JOBS: list[JobRecord] = []
+# The parent run's writer by sweep id, while the sweep runs. Module state, not the callback's:
+# launchers such as joblib pickle the callbacks to send them to their workers.
+_PARENTS: dict[str, tuple[Any, str]] = {}
+
+
+@dataclass
+class JobRecord:
+    """How one job of a sweep ended: a line in the sweep folder, read back at the sweep's end."""
+
+    num: int
+    name: str
+    status: str
+    run_id: str | None = None
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+    def write(self, sweep_dir: Path) -> None:
+        folder = sweep_dir / JOB_RECORDS
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{self.num}.json").write_text(json.dumps(asdict(self)))
+
+
+def read_job_records(sweep_dir: Path) -> list[JobRecord]:
+    folder = sweep_dir / JOB_RECORDS
+    records = [JobRecord(**json.loads(p.read_text())) for p in folder.glob("*.json")]
+    return sorted(records, key=lambda r: r.num)
+
+
+def sweep_id(sweep_dir: Path) -> str:
+    """A short id for the sweep, the same in every job: a hash of its absolute folder."""
+    return hashlib.sha1(str(sweep_dir.resolve()).encode()).hexdigest()[:12]
+
+
+# --- the sweep's jobs, enumerated ------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    """One value of one key in one job: the override as typed, and its parsed value."""
+
+    key: str
+    text: str  # "model.width=8"
+    value: Any
+    is_group: bool
+    plain: bool  # a simple `key=value` that can be applied to a composed config
+
+
+def _is_group(key: str) -> bool:
+    return (config_dir() / key).is_dir()
+
+
+def _choices(override: Override) -> list[Choice]:
+    key = override.get_key_element()
+    bare = key.lstrip("+~")
+    is_group = _is_group(bare)
+    plain = key == bare and "@" not in bare
+    if override.is_discrete_sweep():
+        pairs = zip(override.sweep_iterator(), override.sweep_string_iterator(), strict=True)
+        return [Choice(bare, f"{key}={text}", value, is_group, plain) for value, text in pairs]
+    if override.is_sweep_override():  # an interval, for a search sweeper: not enumerable
+        return []
+    return [Choice(bare, override.input_line, override.value(), is_group, plain)]
+
+
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The sweep's overrides: `hydra.sweeper.params` (a preset's sweep), then the command
+    line's, which win for the same key. Hydra's own settings (`hydra.*`) are left out."""
+    typed = [str(o) for o in config.hydra.overrides.task]
+    declared = config.hydra.sweeper.get("params") or {}
+    keys = {line.split("=", 1)[0].lstrip("+~") for line in typed}
+    lines = [f"{k}={v}" for k, v in declared.items() if str(k) not in keys] + typed
+    return [line for line in lines if not line.lstrip("+~").startswith("hydra")]
+
+
+def enumerate_jobs(lines: list[str]) -> tuple[list[list[Choice]], list[str]]:
+    """Every combination of the discrete sweeps (the product, as Hydra's basic sweeper runs
+    them), and the keys that vary between jobs (intervals included)."""
+    per_key: list[list[Choice]] = []
+    swept: list[str] = []
+    for override in OverridesParser.create().parse_overrides(lines):
+        if override.is_sweep_override():
+            swept.append(override.get_key_element().lstrip("+~"))
+        choices = _choices(override)
+        if choices:
+            per_key.append(choices)
+    return [list(job) for job in itertools.product(*per_key)], swept
+
+
+def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
+    """Compose and validate every job before the first one runs.
+
+    Jobs that share their group choices share one composition; their values are applied to
+    a copy of it, which the schema still type-checks. A job with an unusual override (`+key`,
+    `~key`, a package) is composed on its own.
+    """
+    from looplab.train import describe
+
+    bases: dict[tuple[str, ...], DictConfig] = {}
+    for job in jobs:
+        groups = tuple(c.text for c in job if c.is_group or not c.plain)
+        try:
+            if groups not in bases:
+                bases[groups] = compose(config_name=config_name, overrides=list(groups))
+            cfg = bases[groups].copy()
+            for choice in job:
+                if choice.plain and not choice.is_group:
+                    OmegaConf.update(cfg, choice.key, choice.value, merge=False)
+            validate(plain_config(cfg))
+        except LooplabError as error:
+            _refuse(str(error), job)
+        except Exception as error:  # Hydra's and OmegaConf's own: worded as one line
+            _refuse(describe(error), job)
+
+
+def _refuse(message: str, job: list[Choice]) -> None:
+    shown = " ".join(c.text for c in job) or "(no overrides)"
+    raise SweepRefused(
+        f"{message} (in the job {shown}; nothing ran: every job of a sweep is checked "
+        "before the first one)"
+    )
+
+
+# --- the callback -----------------------------------------------------------------------------
+
+
+class SweepCallback(Callback):
+    """Hydra's hook for a multirun: check it whole, group it under a parent, summarise it."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        lines = sweep_overrides(config)
+        jobs, swept = enumerate_jobs(lines)
+        check_jobs(config.hydra.job.config_name, jobs)
+        settings = plain_config(_job_part(config))
+        if not settings.tracking.enabled:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        from looplab.tracking import Tracker
+
+        swept_lines = [line for line in lines if line.split("=", 1)[0].lstrip("+~") in swept]
+        name = "sweep: " + (" ".join(swept_lines) or f"{len(jobs)} job(s)")
+        tags = {
+            "looplab.role": "sweep",
+            "looplab.sweep_id": sweep_id(sweep_dir),
+            "looplab.sweep_dir": str(sweep_dir),
+            "looplab.swept_keys": ",".join(swept),
+            "looplab.jobs_planned": str(len(jobs)),
+            "mlflow.source.name": "looplab-train -m",
+        }
+        params = {"sweep.overrides": " ".join(lines), "sweep.dir": str(sweep_dir)}
+        parent = Tracker(settings.tracking.uri, settings.tracking.experiment)
+        try:
+            _PARENTS[tags["looplab.sweep_id"]] = (parent, parent.start_run(name, params, tags, []))
+        except LooplabError as error:
+            parent.stop()
+            raise SweepRefused(str(error)) from None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        records = read_job_records(sweep_dir)
+        FAILED_JOBS[:] = [r for r in records if r.status != "FINISHED"]
+        finished = [r for r in records if r.status == "FINISHED"]
+        if sweep_id(sweep_dir) not in _PARENTS:
+            _print_summary(records, None, None)
+            return
+        parent, parent_id = _PARENTS.pop(sweep_id(sweep_dir))
+        from looplab.tracking import reader
+
+        settings = plain_config(_job_part(config))
+        uri, experiment = settings.tracking.uri, settings.tracking.experiment
+        files: list[tuple[Path, str | None]] = []
+        table_text = None
+        runs = reader.find_runs(uri, experiment, parent_run_id=parent_id)
+        if runs:
+            table = reader.runs_table(runs)
+            table_text = reader.format_table(table)
+            reader.write_table_csv(table, sweep_dir / "runs.csv")
+            reader.plot_curves(runs, "train_loss", sweep_dir / "curves.png")
+            files = [(sweep_dir / "runs.csv", None), (sweep_dir / "curves.png", None)]
+        best = min(
+            (r for r in finished if "val_loss" in r.metrics),
+            key=lambda r: r.metrics["val_loss"],
+            default=None,
+        )
+        tags = {
+            "looplab.jobs_finished": str(len(finished)),
+            "looplab.jobs_failed": str(len(FAILED_JOBS)),
+            "looplab.jobs_skipped": str(sum(r.skipped for r in records)),
+        }
+        if best is not None:
+            tags["looplab.best_run_id"] = best.run_id or ""
+            tags["looplab.best_job"] = str(best.num)
+            tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
+        status = "FINISHED" if not FAILED_JOBS else "FAILED"
+        warning = parent.finish(status, tags, files)
+        parent.stop()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        _print_summary(records, table_text, parent_id)
+
+
+def _job_part(config: DictConfig) -> DictConfig:
+    """The launching config without its `hydra` node: what every job shares."""
+    return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+
+
+def _print_summary(records: list[JobRecord], table: str | None, parent_id: str | None) -> None:
+    """The runs table, then one line: how many jobs finished, which failed, where to look."""
+    done = sum(r.status == "FINISHED" for r in records)
+    failed = [r for r in records if r.status != "FINISHED"]
+    if table:
+        print(table)
+    line = f"sweep: {done} of {len(records)} jobs finished"
+    if failed:
+        line += "; failed: " + ", ".join(f"#{r.num} {r.name}" for r in failed)
+    if parent_id:
+        line += (
+            f"; parent MLflow run {parent_id}: `looplab runs --last`, "
+            "`looplab plot --last --out curves.png`, `looplab ui`"
+        )
+    print(line)
+
+
+def job_name(job_overrides: list[str], swept_keys: list[str]) -> str:
+    """A child's run name: its values of the keys that vary in its sweep (`width=8 sgd`)."""
+    words = []
+    for line in job_overrides:
+        key, _, value = line.partition("=")
+        key = key.lstrip("+~")
+        if key in swept_keys:
+            value = _short_number(value)
+            words.append(value if _is_group(key) else f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(words)
+
+
+def _short_number(value: str) -> str:
+    """`0.5337950081433139` as `0.5338` in a name (a search's floats); anything else as is."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if value.lstrip("-").isdigit() else f"{number:.4g}"
