@@ -88,20 +88,6 @@ def test_tracking_disabled_leaves_no_store_and_never_imports_mlflow(run_cli, tmp
     assert checked.returncode == 0, checked.stderr
 
 
-def test_a_sweep_records_one_run_per_job_under_outputs_sweeps(run_cli, client, tmp_path) -> None:
-    done = run_cli("-m", "train.lr=0.05,0.5", "model.width=0,3", "train.epochs=2")
-    assert done.returncode == 0, done.stderr
-    found = client.get_experiment_by_name("looplab")
-    runs = client.search_runs([found.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(
-        f"breast_cancer{' width=3' if w else ''} epochs=2 lr={lr}"
-        for lr in ("0.05", "0.5")
-        for w in (0, 3)
-    )
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert len(list(tmp_path.glob("outputs/sweeps/*/*/*/metrics.csv"))) == 4
-
-
 def test_a_recorded_config_runs_again_with_the_same_losses(run_cli, tmp_path) -> None:
     first = run_cli("train.epochs=4", "model.width=3", "tracking.enabled=false")
     assert first.returncode == 0, first.stderr

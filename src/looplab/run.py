@@ -235,7 +235,7 @@ def _execute(
             "mlflow.source.name": "looplab-train",
             **extra_tags,
         }
-        result.run_id = tracker.start_run(name, run_params, tags, startup_files)
+        tracker.start_run(name, run_params, tags, startup_files, wait=False)
 
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
@@ -277,6 +277,7 @@ def _execute(
         csv.close()
     if tracker is not None:
         result.warning = tracker.finish(result.status, end_tags, [(csv.path, None)])
+        result.run_id = tracker.finished_run_id
     if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)
     result.seconds = time.monotonic() - started

@@ -83,6 +83,8 @@ class Tracker:
             env=env,
             start_new_session=False,
         )
+        self.opened = False  # the writer has said that the store answers
+        self.finished_run_id: str | None = None  # the id of the last run this writer ended
         self._send(("open", uri, experiment))
 
     def _reset(self) -> None:
@@ -90,6 +92,7 @@ class Tracker:
         self.pending: list[tuple[int, int, dict[str, float]]] = []
         self.last_send = time.monotonic()
         self.run_id: str | None = None
+        self.start_pending = False  # "start" sent, its reply not read yet
         self.idle = False  # the run ended and the writer waits in _IDLE for the next one
         # Set when the writer went away mid-run: training goes on, and the user is told.
         self.lost: str | None = None
@@ -128,10 +131,18 @@ class Tracker:
             raise TrackingError(reply[1])
         return reply
 
+    def _ensure_open(self) -> None:
+        """Wait, once per writer, until the store answers (or fail in seconds if it never
+        does): a run never starts training against a store that is not there."""
+        if not self.opened:
+            self._receive(CONNECT_TIMEOUT_SECONDS, "opening the store")
+            self.opened = True
+
     # -- the run -----------------------------------------------------------------------------
     def find_sweep(self, sweep_id: str) -> tuple[str | None, list[str]]:
         """The parent run of sweep `sweep_id` in this store, and the keys its sweep varies;
         (None, []) when the store has no such parent."""
+        self._ensure_open()
         self._send(("find_sweep", sweep_id))
         _, parent_id, swept_keys = self._receive(CONNECT_TIMEOUT_SECONDS, "finding the sweep")
         return parent_id, swept_keys
@@ -142,12 +153,25 @@ class Tracker:
         params: dict[str, str],
         tags: dict[str, str],
         artifacts: list[tuple[Path, str | None]],
-    ) -> str:
-        """Create the run with its params, tags and start-up artifacts; return its id."""
+        wait: bool = True,
+    ) -> str | None:
+        """Create the run with its params, tags and start-up artifacts; return its id.
+
+        With `wait=False` training goes on while the writer creates the run (tens of
+        milliseconds per run, a sweep job's largest cost); the id is read in `finish`.
+        """
+        self._ensure_open()
         files = [(str(path), artifact_path) for path, artifact_path in artifacts]
         self._send(("start", run_name, params, tags, files))
-        _, self.run_id, _experiment_id = self._receive(CONNECT_TIMEOUT_SECONDS, "starting the run")
+        self.start_pending = True
+        if wait:
+            self._read_start()
         return self.run_id
+
+    def _read_start(self) -> None:
+        if self.start_pending:
+            self.start_pending = False
+            _, self.run_id, _ = self._receive(CONNECT_TIMEOUT_SECONDS, "starting the run")
 
     def __call__(self, result: EpochResult) -> None:
         """Epoch callback: buffer, and pass the buffer on a few times a second."""
@@ -179,6 +203,8 @@ class Tracker:
         """
         try:
             self.flush()
+            self._read_start()
+            self.finished_run_id = self.run_id
             if self.lost is None:
                 files = [(str(path), artifact_path) for path, artifact_path in artifacts]
                 self._send(("end", status, tags or {}, files))
@@ -243,8 +269,11 @@ class _Writer:
         self.uri = uri
         try:
             self.client, self.experiment_id = open_store(uri, experiment)
-        except Exception as error:  # reported when the run is asked for
+        except Exception as error:
             self.open_error = f"cannot use MLflow store {uri}: {_first_line(error)}"
+            self.send("error", self.open_error)
+            return
+        self.send("opened", self.experiment_id)
 
     def find_sweep(self, sweep_id: str) -> None:
         """Reply with the parent run tagged with this sweep id, and its swept keys."""
@@ -287,6 +316,7 @@ class _Writer:
         except Exception as error:
             if self.run_id:
                 self._terminate("FAILED")
+            self.run_id = None  # the epochs that follow have nowhere to go
             self.send("error", f"cannot start an MLflow run: {_first_line(error)}")
             return
         self.send("started", self.run_id, self.experiment_id)
@@ -299,6 +329,8 @@ class _Writer:
             for epoch, timestamp, values in epochs
             for name, value in values.items()
         ]
+        if self.run_id is None:  # the run could not be started; the trainer is told at the end
+            return
         if self.store_error:  # the store went away: count, do not retry for minutes
             self._lost(batch[0].step if batch else None, len(batch))
             return

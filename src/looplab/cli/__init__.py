@@ -1,0 +1,64 @@
+"""`looplab`: compare recorded runs and browse them, beside `looplab-train` which makes them.
+
+    looplab runs --last                   # the newest sweep's jobs, one row each
+    looplab plot --last --metric val_loss --out val_loss.png
+    looplab ui                            # MLflow's UI on the runs view of the experiment
+
+One module per family of verbs (`compare`: runs, plot; `ui`: ui); each adds its subcommands
+and a function to run them. MLflow is read only through `looplab.tracking.reader`, imported
+when a command runs, so that `looplab --help` answers at once. Errors the user can fix are one
+`looplab: error: ...` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from looplab.errors import EXIT_FAILED, EXIT_INTERRUPTED, LooplabError
+
+
+def common_options() -> argparse.ArgumentParser:
+    """--tracking-uri and --experiment, the same for every command."""
+    from looplab.tracking.store import DEFAULT_EXPERIMENT, default_store_uri
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tracking-uri",
+        default=default_store_uri(),
+        metavar="URI",
+        help="the MLflow store (default: sqlite:///./outputs/mlflow.db, as looplab-train)",
+    )
+    common.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        help="the MLflow experiment (default: %(default)s)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from looplab.cli import compare, ui
+
+    parser = argparse.ArgumentParser(
+        prog="looplab",
+        description="Compare and browse the runs looplab-train recorded in MLflow.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_options()
+    compare.add_commands(commands, common)
+    ui.add_commands(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a LooplabError becomes one line on stderr and exit code 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except LooplabError as error:
+        print(f"looplab: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

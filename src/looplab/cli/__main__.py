@@ -1,0 +1,7 @@
+"""`python -m looplab.cli`: the `looplab` command."""
+
+import sys
+
+from looplab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""`looplab ui`: MLflow's own UI over looplab's store, lean, opened on the training runs.
+
+`python -m mlflow server` with one worker and MLflow's job runner off (it runs GenAI jobs,
+not needed to browse runs): two processes instead of a dozen. Its chatter (start-up notes,
+access logs, deprecation warnings) goes to a log file beside the store; the user sees one
+link. MLflow 3.17's UI opens on a GenAI traces overview; the link goes straight to the
+experiment's runs (`?workflowType=machine_learning`). Ctrl-C or SIGTERM stops the server
+(SIGTERM, which MLflow passes on to uvicorn), then anything left of its process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from looplab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
+
+START_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    ui = commands.add_parser(
+        "ui",
+        parents=[common],
+        help="MLflow's UI over the store, opened on the experiment's runs",
+        description="Run MLflow's UI server over the store and print a link to the "
+        "experiment's runs. Ctrl-C stops it.",
+    )
+    ui.add_argument("--port", type=int, default=5000, help="default: %(default)s")
+    ui.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the interface to listen on (default: %(default)s, this machine only)",
+    )
+    ui.set_defaults(run=ui_command)
+
+
+def runs_link(base_url: str, experiment_id: str) -> str:
+    """The UI's page of an experiment's training runs (not the GenAI traces overview)."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def server_command(uri: str, host: str, port: int, artifact_root: str | None) -> list[str]:
+    """`mlflow server` over `uri`, one worker, no access log."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
+    command += ["--uvicorn-opts", "--no-access-log"]
+    if artifact_root:
+        # Runs keep their own file:// artifact URIs, which the server reads directly; this
+        # only keeps anything created through the UI beside the store, not in ./mlartifacts.
+        command += ["--default-artifact-root", artifact_root, "--no-serve-artifacts"]
+    return command
+
+
+def server_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job runner (huey) processes
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONWARNINGS": "ignore",  # MLflow's deprecation warnings are not the user's
+    }
+
+
+def ui_command(args: argparse.Namespace) -> int:
+    from looplab.tracking.reader import sqlite_path
+
+    uri, host, port = args.tracking_uri, args.host, args.port
+    if uri.startswith(("http://", "https://")):
+        raise TrackingError(f"{uri} is a tracking server already: open it in a browser")
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise TrackingError(
+            f"no MLflow store at {database}: train something first (looplab-train), "
+            "or pass --tracking-uri"
+        )
+    _check_port(host, port)
+    folder = database.resolve().parent if database else Path(tempfile.gettempdir())
+    log_path = folder / "mlflow-ui.log"
+    artifact_root = (folder / "artifacts").as_uri() if database else None
+    base_url = f"http://{_link_host(host)}:{port}"
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    with log_path.open("w", encoding="utf-8") as log:
+        server = subprocess.Popen(
+            server_command(uri, host, port, artifact_root),
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the server once, cleanly
+        )
+        try:
+            _wait_until_healthy(base_url, server, log_path)
+            link = runs_link(base_url, _experiment_id(base_url, args.experiment, uri))
+            print(f"MLflow UI of experiment {args.experiment!r}: {link}", flush=True)
+            print(f"(Ctrl-C stops it; server log: {log_path})", file=sys.stderr, flush=True)
+            code = server.wait()
+            raise TrackingError(f"the MLflow server exited with code {code}; see {log_path}")
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except Terminated:
+            return EXIT_TERMINATED
+        finally:
+            # Stopping takes seconds at most; a second Ctrl-C must not leave the server behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            _stop(server)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _link_host(host: str) -> str:
+    """A host a browser can open: the loopback for a wildcard, brackets for IPv6."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port in use now, rather than after the server's start-up, in its log."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise TrackingError(
+                f"cannot listen on {host}:{port} ({error.strerror}): pass another --port"
+            ) from None
+
+
+def _wait_until_healthy(base_url: str, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while server.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base_url}/health", timeout=2):
+            return
+        if time.monotonic() > deadline:
+            raise TrackingError(f"the MLflow server did not answer in time; see {log_path}")
+        time.sleep(0.25)
+    raise TrackingError(
+        f"the MLflow server exited with code {server.returncode}: "
+        f"{_last_line(log_path)} (see {log_path})"
+    )
+
+
+def _experiment_id(base_url: str, experiment: str, uri: str) -> str:
+    """Ask the running server, so the link names what it serves; no MLflow import here."""
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    url = f"{base_url}/api/2.0/mlflow/experiments/get-by-name?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)["experiment"]["experiment_id"]
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            raise TrackingError(f"no experiment {experiment!r} in {uri}") from None
+        raise TrackingError(f"the MLflow server answered {error.code} for {url}") from None
+
+
+def _last_line(log_path: Path) -> str:
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "no output")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to `mlflow server` (it forwards it to uvicorn and waits), then SIGKILL to
+    whatever of its process group outlives STOP_TIMEOUT_SECONDS."""
+    if server.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=STOP_TIMEOUT_SECONDS)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(server.pid, 0)  # raises once the group is empty
+            time.sleep(0.1)
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    """SIGTERM ends the command as Ctrl-C does, so that the server is stopped on the way out."""
+    raise Terminated

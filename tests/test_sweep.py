@@ -1,0 +1,170 @@
+"""Sweeps as a user launches them: one group in MLflow, checked whole, parallel, searched.
+
+Every test runs the real `looplab-train -m ...` in a subprocess against a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+
+import pytest
+from conftest import store_uri
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_runs(uri: str, experiment: str = "looplab"):
+    """(parent, children by job number) of the one sweep in the store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment}"
+    runs = client.search_runs([found.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("looplab.role") == "sweep"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    children = {int(r.data.tags["looplab.job"]): r for r in runs if r not in parents}
+    return client, parents[0], children
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_is_one_parent_with_a_named_child_per_job(run_cli, tmp_path, launcher) -> None:
+    """Faults: children not linked to their parent (no group in the UI), children named alike,
+    job or sweep tags missing, the parent without its counts, best child, table or plot, the
+    job lines not told apart, Hydra's chatter in the way."""
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    done = run_cli("-m", *extra, "model.width=0,8", "update=manual,sgd", "train.epochs=4", "seed=3")
+    assert done.returncode == 0, done.stderr
+    client, parent, children = sweep_runs(store_uri(tmp_path))
+    assert parent.info.run_name == "sweep: model.width=0,8 update=manual,sgd"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.overrides"].startswith("model.width=0,8 update=manual,sgd")
+    assert sorted(children) == [0, 1, 2, 3]
+    names = {num: run.info.run_name for num, run in children.items()}
+    assert names == {0: "width=0 manual", 1: "width=0 sgd", 2: "width=8 manual", 3: "width=8 sgd"}
+    sweep_id = parent.data.tags["looplab.sweep_id"]
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["looplab.sweep_id"] == sweep_id
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 4
+    tags = parent.data.tags
+    assert (tags["looplab.jobs_finished"], tags["looplab.jobs_failed"]) == ("4", "0")
+    best = min(children.values(), key=lambda r: r.data.metrics["val_loss"])
+    assert tags["looplab.best_run_id"] == best.info.run_id
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"runs.csv", "curves.png"} <= artifacts
+    # The console: every epoch line carries its job number, each job ends in one line, the
+    # sweep ends with the table and a summary; Hydra's "Launching 4 jobs" stays quiet.
+    lines = done.stdout.splitlines()
+    assert all(line.startswith("[job ") for line in lines if "Epoch: " in line)
+    for num, name in names.items():
+        assert sum(line.startswith(f"[job {num}] {name}: FINISHED") for line in lines) == 1
+    assert lines[-1].startswith("sweep: 4 of 4 jobs finished")
+    assert "Launching" not in done.stdout + done.stderr
+    (sweep_dir,) = list(tmp_path.glob("outputs/sweeps/*/*"))
+    with (sweep_dir / "runs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+
+
+def test_eight_jobs_on_four_workers_on_a_new_store(run_cli, tmp_path) -> None:
+    """Faults: parallel jobs race in the new store's migration or the experiment's creation
+    (runs in Default, "database is locked"), or a child loses epochs."""
+    done = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "seed=range(1,9)",
+        "train.epochs=30",
+        "train.print_every=0",
+        "tracking.experiment=fresh",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "database is locked" not in output
+    client, _, children = sweep_runs(store_uri(tmp_path), "fresh")
+    assert sorted(children) == list(range(8))
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, 31))
+    default = client.get_experiment_by_name("Default")
+    assert default is None or not client.search_runs([default.experiment_id])
+
+
+def test_a_bad_combination_refuses_the_whole_sweep_and_records_nothing(run_cli, tmp_path) -> None:
+    """Fault: each value checked alone, so the one bad combination (the tutorial's clamped
+    loss has no torch.nn twin) is found only when its job runs, after three trained."""
+    done = run_cli("-m", "model.loss=logits,tutorial", "model.impl=manual,module")
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("looplab-train: error: model.loss=tutorial is not allowed")
+    assert "model.loss=tutorial model.impl=module" in line and "nothing ran" in line
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_preset_declares_a_whole_sweep(run_cli, tmp_path) -> None:
+    """Fault: `experiment=manual_vs_sgd` runs one job, its hydra.sweeper.params ignored."""
+    done = run_cli("-m", "experiment=manual_vs_sgd", "train.epochs=3", "train.print_every=0")
+    assert done.returncode == 0, done.stderr
+    _, parent, children = sweep_runs(store_uri(tmp_path))
+    assert sorted(r.info.run_name for r in children.values()) == [
+        "manual width=0",
+        "manual width=16",
+        "sgd width=0",
+        "sgd width=16",
+    ]
+    assert parent.data.tags["looplab.swept_keys"] == "update,model.width"
+
+
+def test_the_sweep_plot_is_a_png_with_one_line_per_job(run_cli, tmp_path) -> None:
+    """Fault: the parent's curves.png missing or not an image."""
+    done = run_cli("-m", "model.width=0,4,8", "train.epochs=3", "train.print_every=0")
+    assert done.returncode == 0, done.stderr
+    (png,) = list(tmp_path.glob("outputs/sweeps/*/*/curves.png"))
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None,
+    reason="Optuna is an optional extra: pip install -e '.[search]' (.ci/run installs it)",
+)
+def test_an_optuna_search_takes_a_diverging_trial_and_resumes(run_cli, tmp_path) -> None:
+    """Faults: a diverged trial returns NaN (Optuna's study breaks) or a good-looking value;
+    a relaunched search starts over instead of running only the missing trials."""
+    search = [
+        "-m",
+        "hparams_search=optuna",
+        "dataset=diabetes",
+        "train.epochs=10",
+        "train.print_every=0",
+        "model.width=0",
+        "train.lr=choice(0.05,1e12)",  # 1e12 diverges at once
+    ]
+    first = run_cli(*search, "hydra.sweeper.n_trials=5")
+    assert first.returncode in (0, 1), first.stderr
+    assert "Traceback" not in first.stderr
+    studies = list((tmp_path / "outputs" / "optuna").glob("*.db"))
+    assert len(studies) == 1
+    import optuna
+
+    storage = f"sqlite:///{studies[0]}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert len(study.trials) == 5
+    values = [t.value for t in study.trials]
+    assert all(v is not None and v == v for v in values)  # no NaN reached the study
+    diverged = [t for t in study.trials if t.params["train.lr"] == 1e12]
+    assert diverged and all(t.value == float("inf") for t in diverged)
+    assert study.best_value < float("inf")
+    # The same search launched again with a larger budget runs only what is missing.
+    again = run_cli(*search, "hydra.sweeper.n_trials=7")
+    assert "Traceback" not in again.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert len(study.trials) == 7
+    assert len(list(tmp_path.glob("outputs/sweeps/*/*/1/metrics.csv"))) == 1  # job 1: once
