@@ -152,3 +152,12 @@ def test_the_inferred_task_says_why() -> None:
     line = split.describe()
     assert line.startswith("task: classification") and "150 rows" in line and "4 features" in line
     assert "set by dataset.task=regression" in data.load("iris", task="regression").task_reason
+
+
+def test_a_changed_csv_is_read_again_in_the_same_process(tmp_path) -> None:
+    """Fault: the per-process table cache serves a stale table after the file changed."""
+    path = tmp_path / "t.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    assert data.load("csv", path=str(path), target="y").n_rows == 20
+    path.write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)))
+    assert data.load("csv", path=str(path), target="y").n_rows == 30

@@ -9,6 +9,7 @@ entry point, so tests can compose configs with `initialize`/`compose` and reuse 
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -287,12 +288,19 @@ def rerunnable(cfg: DictConfig) -> DictConfig:
     With the schema in its defaults and train.yaml's output folders, `looplab-train
     --config-dir FOLDER --config-name config` checks and places the rerun like any run.
     """
+    return OmegaConf.merge({"defaults": ["looplab_schema", "_self_"]}, cfg, _output_dirs())
+
+
+@functools.cache
+def _output_dirs() -> dict[str, Any]:
+    """train.yaml's `hydra.run` and `hydra.sweep` folders, read once per process."""
     hydra_dirs = OmegaConf.load(config_dir() / "train.yaml").hydra
-    return OmegaConf.merge(
-        {"defaults": ["looplab_schema", "_self_"]},
-        cfg,
-        {"hydra": {"run": hydra_dirs.run, "sweep": hydra_dirs.sweep}},
-    )
+    return {
+        "hydra": {
+            "run": OmegaConf.to_container(hydra_dirs.run),
+            "sweep": OmegaConf.to_container(hydra_dirs.sweep),
+        }
+    }
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:

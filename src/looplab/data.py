@@ -266,8 +266,31 @@ def load(
     encoding: str = "utf-8",
 ) -> SplitData:
     """The whole preprocessing of one data set, from name (or CSV) to scaled splits."""
-    features, labels = load_table(name, path, target, drop, sep, encoding)
+    features, labels = _cached_table(name, path, target, tuple(drop), sep, encoding)
     return split_and_scale(features, labels, test_size, seed, task)
+
+
+_TABLES: dict[tuple, tuple[pd.DataFrame, pd.Series]] = {}
+
+
+def _cached_table(
+    name: str, path: str | None, target: str | None, drop: tuple[str, ...], sep: str, encoding: str
+) -> tuple[pd.DataFrame, pd.Series]:
+    """`load_table`, read once per process while the file is unchanged: the jobs of a sweep
+    that run in one process (a seed sweep, say) share the table instead of parsing it again.
+    The split never changes the table it is given."""
+    stamp = None
+    if name == "csv" and path is not None:
+        file = Path(path).expanduser()
+        info = file.stat() if file.is_file() else None
+        stamp = (str(file.resolve()), info.st_mtime_ns, info.st_size) if info else None
+        if stamp is None:  # let load_table say what is wrong with it
+            return load_table(name, path, target, drop, sep, encoding)
+    key = (name, stamp, target, drop, sep, encoding)
+    if key not in _TABLES:
+        _TABLES.clear()  # one table at a time: a sweep over data sets does not pile them up
+        _TABLES[key] = load_table(name, path, target, drop, sep, encoding)
+    return _TABLES[key]
 
 
 def to_device(data: SplitData, device: torch.device, dtype: torch.dtype) -> DeviceData:

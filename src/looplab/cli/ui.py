@@ -89,13 +89,24 @@ def ui_command(args: argparse.Namespace) -> int:
         )
     _check_port(host, port)
     folder = database.resolve().parent if database else Path(tempfile.gettempdir())
-    log_path = folder / "mlflow-ui.log"
     artifact_root = (folder / "artifacts").as_uri() if database else None
-    base_url = f"http://{_link_host(host)}:{port}"
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    command = server_command(uri, host, port, artifact_root)
+    # Ctrl-C explicitly too: a shell's `looplab ui &` would otherwise start with it ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _serve(command, f"http://{_link_host(host)}:{port}", args.experiment, uri, folder)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _serve(command: list[str], base_url: str, experiment: str, uri: str, folder: Path) -> int:
+    """Start the server, print the link once it answers, and stop it however this ends."""
+    log_path = folder / f"mlflow-ui-{base_url.rsplit(':', 1)[-1]}.log"
     with log_path.open("w", encoding="utf-8") as log:
         server = subprocess.Popen(
-            server_command(uri, host, port, artifact_root),
+            command,
             env=server_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -104,8 +115,8 @@ def ui_command(args: argparse.Namespace) -> int:
         )
         try:
             _wait_until_healthy(base_url, server, log_path)
-            link = runs_link(base_url, _experiment_id(base_url, args.experiment, uri))
-            print(f"MLflow UI of experiment {args.experiment!r}: {link}", flush=True)
+            link = runs_link(base_url, _experiment_id(base_url, experiment, uri))
+            print(f"MLflow UI of experiment {experiment!r}: {link}", flush=True)
             print(f"(Ctrl-C stops it; server log: {log_path})", file=sys.stderr, flush=True)
             code = server.wait()
             raise TrackingError(f"the MLflow server exited with code {code}; see {log_path}")
@@ -118,8 +129,6 @@ def ui_command(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             _stop(server)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _link_host(host: str) -> str:

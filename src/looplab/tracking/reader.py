@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,12 +181,18 @@ def higher_is_better(metric: str) -> bool:
 
 
 def history(run: Run, metric: str, uri: str | None = None) -> list[tuple[int, float]]:
-    """(step, value) of `metric` for `run`, by step; a step logged twice keeps its last value."""
+    """(step, value) of `metric` for `run`, by step; a step logged twice keeps its last value.
+
+    MLflow's SQL stores keep an infinite value as the largest float; it is infinite again here.
+    """
     points = _call(_client_of(run, uri).get_metric_history, run.info.run_id, metric)
     latest: dict[int, tuple[int, float]] = {}
     for point in points:
         if point.step not in latest or point.timestamp >= latest[point.step][0]:
-            latest[point.step] = (point.timestamp, point.value)
+            value = point.value
+            if abs(value) >= sys.float_info.max:
+                value = math.copysign(math.inf, value)
+            latest[point.step] = (point.timestamp, value)
     return [(step, latest[step][1]) for step in sorted(latest)]
 
 

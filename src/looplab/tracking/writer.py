@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import pickle
 import select
@@ -401,8 +402,12 @@ class _Writer:
                 self.client.log_artifact(self.run_id, path, artifact_path)
 
 
+@functools.cache
 def _source_tags() -> dict[str, str]:
-    """The tags MLflow's own `start_run` would set: user, and the git commit of the launch dir."""
+    """The tags MLflow's own `start_run` would set: user, and the git commit of the launch dir.
+
+    Asked once per writer: the jobs of a sweep that share a writer share a launch directory.
+    """
     import getpass
 
     tags = {"mlflow.user": getpass.getuser(), "mlflow.source.type": "LOCAL"}
