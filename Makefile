@@ -25,10 +25,11 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/looplab ui $(ARGS)
 
 bench: setup
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python -c 'import lightning' 2>/dev/null || PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' || echo 'make bench: the bench extra did not install; the peers rows will say skipped'
+	PYTHONPATH=$(CURDIR)/scripts $(BIN)/python -m bench $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

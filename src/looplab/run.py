@@ -201,7 +201,7 @@ def _execute(
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
 ) -> RunResult:
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg)
     info = ready.split_info
     console = console or ConsoleReport(
@@ -235,7 +235,9 @@ def _execute(
             "mlflow.source.name": "looplab-train",
             **extra_tags,
         }
-        tracker.start_run(name, run_params, tags, startup_files, wait=False)
+        tracker.start_run(
+            name, run_params, tags, startup_files, wait=False, start_time_ms=started_ms
+        )
 
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])

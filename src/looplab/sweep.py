@@ -226,8 +226,12 @@ class SweepCallback(Callback):
             table = reader.runs_table(runs)
             table_text = reader.format_table(table)
             reader.write_table_csv(table, sweep_dir / "runs.csv")
-            reader.plot_curves(runs, "train_loss", sweep_dir / "curves.png")
-            files = [(sweep_dir / "runs.csv", None), (sweep_dir / "curves.png", None)]
+            files = [(sweep_dir / "runs.csv", None)]
+            try:
+                reader.plot_curves(runs, "train_loss", sweep_dir / "curves.png")
+                files.append((sweep_dir / "curves.png", None))
+            except LooplabError as error:  # e.g. no job got to its first epoch
+                print(f"warning: no curves for the sweep: {error}", file=sys.stderr)
         best = min(
             (r for r in finished if "val_loss" in r.metrics),
             key=lambda r: r.metrics["val_loss"],

@@ -85,6 +85,5 @@ def plot_command(args: argparse.Namespace) -> int:
     runs = select_runs(args)
     figure = reader.plot_curves(runs, args.metric, args.out)
     drawn = len(figure.axes[0].get_lines())
-    missing = f" ({len(runs) - drawn} without it)" if drawn < len(runs) else ""
-    print(f"{args.out}: {args.metric} by epoch, {drawn} runs{missing}")
+    print(f"{args.out}: {args.metric} by epoch for {drawn} of {len(runs)} runs")
     return 0

@@ -37,6 +37,7 @@ METRIC_ORDER = ("train_loss", "val_loss", "val_accuracy", "val_rmse")
 # Metrics where more is better; every other metric (losses, rmse, ...) is best at its minimum.
 HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall")
 PAGE = 1000
+LINE_STYLES = ("-", "--", "-.", ":")
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -56,7 +57,10 @@ def client(uri: str) -> Any:
             "or pass --tracking-uri"
         )
     if uri.startswith(("http://", "https://")):
-        check_server(uri)
+        try:
+            check_server(uri)
+        except ConnectionError as error:
+            raise TrackingError(str(error)) from None
     return _cached_client(uri)
 
 
@@ -354,10 +358,14 @@ def write_table_csv(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def label(run: Run, keys: list[str]) -> str:
-    """A legend entry: the run's values of the varying params, or its name when none vary."""
+    """A legend entry: the run's values of the varying params, or its name when none vary.
+
+    A key the run lacks (`model.activation` of a one-neuron model) is left out of its label.
+    """
     if not keys:
         return run.info.run_name or run.info.run_id
-    return " ".join(f"{key}={run.data.params.get(key, '-')}" for key in keys)
+    params = run.data.params
+    return " ".join(f"{key}={params[key]}" for key in keys if key in params)
 
 
 def plot_curves(
@@ -381,7 +389,10 @@ def plot_curves(
         points = history(run, metric, uri)
         if points:
             steps, values = zip(*points, strict=True)
-            axes.plot(steps, values, label=label(run, keys), linewidth=1.5)
+            # Styles vary as well as colours: runs that agree (manual and sgd updates do)
+            # draw the same curve, and a dashed line over a solid one shows both.
+            style = LINE_STYLES[len(axes.get_lines()) % len(LINE_STYLES)]
+            axes.plot(steps, values, style, label=label(run, keys), linewidth=1.8)
     if not axes.get_lines():
         raise TrackingError(f"none of the {len(runs)} runs logged {metric!r}")
     axes.set_xlabel("epoch")

@@ -155,6 +155,7 @@ class Tracker:
         tags: dict[str, str],
         artifacts: list[tuple[Path, str | None]],
         wait: bool = True,
+        start_time_ms: int | None = None,
     ) -> str | None:
         """Create the run with its params, tags and start-up artifacts; return its id.
 
@@ -163,7 +164,8 @@ class Tracker:
         """
         self._ensure_open()
         files = [(str(path), artifact_path) for path, artifact_path in artifacts]
-        self._send(("start", run_name, params, tags, files))
+        started = start_time_ms or int(time.time() * 1000)
+        self._send(("start", run_name, params, tags, files, started))
         self.start_pending = True
         if wait:
             self._read_start()
@@ -298,7 +300,14 @@ class _Writer:
         keys = found[0].data.tags.get("looplab.swept_keys", "")
         self.send("sweep", found[0].info.run_id, [k for k in keys.split(",") if k])
 
-    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], files) -> None:
+    def start(
+        self,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        files,
+        start_time_ms: int | None = None,
+    ) -> None:
         if self.open_error:
             self.send("error", self.open_error)
             return
@@ -306,7 +315,9 @@ class _Writer:
 
         try:
             tags = {**_source_tags(), **tags}
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            run = self.client.create_run(
+                self.experiment_id, start_time=start_time_ms, run_name=run_name, tags=tags
+            )
             self.run_id = run.info.run_id
             items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
             for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
