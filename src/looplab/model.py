@@ -148,10 +148,12 @@ def check_shapes(prediction: Tensor, target: Tensor, task: TaskKind) -> None:
 def bce_with_logits(z: Tensor, y: Tensor) -> Tensor:
     """Binary cross-entropy of sigmoid(z), in the stable logits form.
 
-    log(1 + e^-|z|) + max(-z, 0) + (1 - y) z equals -[y log s + (1 - y) log(1 - s)] with
-    s = sigmoid(z), but never takes the log of a rounded 0 or 1.
+    (1 - y) z + log(1 + e^-z) equals -[y log s + (1 - y) log(1 - s)] with s = sigmoid(z), but
+    never takes the log of a rounded 0 or 1. log(1 + e^-z) is written `logaddexp(0, -z)`,
+    which is stable for any z and has the true gradient at z = 0 (the |z| form's two kinks
+    meet there and give -y instead of 1/2 - y, which a zero-bias, all-off ReLU layer hits).
     """
-    return ((1 - y) * z + torch.log1p(torch.exp(-z.abs())) + torch.clamp(-z, min=0)).mean()
+    return ((1 - y) * z + torch.logaddexp(torch.zeros_like(z), -z)).mean()
 
 
 def tutorial_bce(z: Tensor, y: Tensor) -> Tensor:
