@@ -52,8 +52,9 @@ def test_a_sweep_is_one_parent_with_a_named_child_per_job(run_cli, tmp_path, lau
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 4
     tags = parent.data.tags
     assert (tags["looplab.jobs_finished"], tags["looplab.jobs_failed"]) == ("4", "0")
-    best = min(children.values(), key=lambda r: r.data.metrics["val_loss"])
-    assert tags["looplab.best_run_id"] == best.info.run_id
+    lowest = min(r.data.metrics["val_loss"] for r in children.values())
+    best = [r for r in children.values() if r.info.run_id == tags["looplab.best_run_id"]]
+    assert best and best[0].data.metrics["val_loss"] == lowest  # manual and sgd may tie
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"runs.csv", "curves.png"} <= artifacts
     # The console: every epoch line carries its job number, each job ends in one line, the

@@ -282,25 +282,37 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
     return plain
 
 
-def rerunnable(cfg: DictConfig) -> DictConfig:
-    """The resolved config as a primary config of its own, for `config.yaml`.
+def rerunnable(cfg: DictConfig) -> str:
+    """The resolved config as a primary config of its own, as YAML for `config.yaml`.
 
     With the schema in its defaults and train.yaml's output folders, `looplab-train
     --config-dir FOLDER --config-name config` checks and places the rerun like any run.
+    Written with plain YAML, not an OmegaConf merge: a sweep writes one for every job.
     """
-    return OmegaConf.merge({"defaults": ["looplab_schema", "_self_"]}, cfg, _output_dirs())
+    import yaml
+
+    hydra_choices, hydra_settings = _hydra_settings()
+    document = {
+        "defaults": ["looplab_schema", "_self_", *hydra_choices],
+        **OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        **hydra_settings,
+    }
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 @functools.cache
-def _output_dirs() -> dict[str, Any]:
-    """train.yaml's `hydra.run` and `hydra.sweep` folders, read once per process."""
-    hydra_dirs = OmegaConf.load(config_dir() / "train.yaml").hydra
-    return {
-        "hydra": {
-            "run": OmegaConf.to_container(hydra_dirs.run),
-            "sweep": OmegaConf.to_container(hydra_dirs.sweep),
-        }
-    }
+def _hydra_settings() -> tuple[list[Any], dict[str, Any]]:
+    """train.yaml's Hydra choices (logging, help, the sweeper) and its output folders and
+    callbacks, read once per process: a rerun keeps looplab's console, folders and sweeps."""
+    train = OmegaConf.load(config_dir() / "train.yaml")
+    overrides = [
+        OmegaConf.to_container(entry)
+        for entry in train.defaults
+        if isinstance(entry, DictConfig)
+        and str(next(iter(entry))).startswith(("override hydra/", "hparams_search"))
+    ]
+    hydra = {key: OmegaConf.to_container(train.hydra[key]) for key in ("run", "sweep", "callbacks")}
+    return overrides, {"hydra": hydra}
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:

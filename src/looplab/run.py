@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from looplab import data as datasets
 from looplab.config import params, rerunnable, run_name, validate
@@ -212,7 +212,7 @@ def _execute(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
-    OmegaConf.save(rerunnable(cfg), config_file)
+    config_file.write_text(rerunnable(cfg), encoding="utf-8")
     result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
     if tracker is not None:
         run_params = {

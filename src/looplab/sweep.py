@@ -138,6 +138,17 @@ def enumerate_jobs(lines: list[str]) -> tuple[list[list[Choice]], list[str]]:
     return [list(job) for job in itertools.product(*per_key)], swept
 
 
+def refuse_intervals(jobs: list[list[Choice]], swept: list[str]) -> None:
+    """A grid cannot enumerate an interval: only a search sweeper samples one."""
+    enumerated = {choice.key for choice in (jobs[0] if jobs else [])}
+    intervals = [key for key in swept if key not in enumerated]
+    if intervals:
+        raise SweepRefused(
+            f"{', '.join(intervals)}: an interval is for a search (hparams_search=optuna), "
+            "not for a grid sweep; list the values instead (KEY=A,B,C)"
+        )
+
+
 def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
     """Compose and validate every job before the first one runs.
 
@@ -181,6 +192,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         lines = sweep_overrides(config)
         jobs, swept = enumerate_jobs(lines)
+        if "grid" in str(config.hydra.sweeper.get("_target_", "")):
+            refuse_intervals(jobs, swept)
         check_jobs(config.hydra.job.config_name, jobs)
         settings = plain_config(_job_part(config))
         if not settings.tracking.enabled:

@@ -1,0 +1,52 @@
+"""The grid sweeper: enumerate the jobs as `looplab.sweep` does, save the sweep's config, and
+hand the jobs to the launcher in batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class LooplabGridSweeperConf:
+    _target_: str = "hydra_plugins.looplab_grid_sweeper.sweeper.LooplabGridSweeper"
+    max_batch_size: int | None = None  # jobs handed to the launcher at once; null: all
+    # key: values, as on the command line (`model.width: 0,8,32`); the command line wins
+    params: dict[str, str] | None = field(default=None)
+
+
+class LooplabGridSweeper(Sweeper):
+    def __init__(self, max_batch_size: int | None = None, params: Any = None) -> None:
+        self.max_batch_size = max_batch_size
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from looplab.sweep import enumerate_jobs, refuse_intervals, sweep_overrides
+
+        assert self.config is not None
+        jobs, swept = enumerate_jobs(sweep_overrides(self.config))
+        refuse_intervals(jobs, swept)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        overrides = [tuple(choice.text for choice in job) for job in jobs]
+        size = self.max_batch_size or len(overrides) or 1
+        returns = []
+        for start in range(0, len(overrides), size):
+            returns.extend(self.launcher.launch(overrides[start : start + size], start))
+        return returns
