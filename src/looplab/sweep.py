@@ -29,7 +29,10 @@ from typing import Any
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from looplab.config import config_dir, plain_config, validate
@@ -64,7 +67,6 @@ class JobRecord:
     run_id: str | None = None
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    skipped: bool = False
 
     def write(self, sweep_dir: Path) -> None:
         folder = sweep_dir / JOB_RECORDS
@@ -253,7 +255,6 @@ class SweepCallback(Callback):
         tags = {
             "looplab.jobs_finished": str(len(finished)),
             "looplab.jobs_failed": str(len(FAILED_JOBS)),
-            "looplab.jobs_skipped": str(sum(r.skipped for r in records)),
         }
         if best is not None:
             tags["looplab.best_run_id"] = best.run_id or ""
@@ -308,3 +309,20 @@ def _short_number(value: str) -> str:
     except ValueError:
         return value
     return value if value.lstrip("-").isdigit() else f"{number:.4g}"
+
+
+class LaunchingSweeper(Sweeper):
+    """What looplab's sweepers share: keep the config, and the launcher Hydra chose, to hand
+    each batch of jobs to."""
+
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )

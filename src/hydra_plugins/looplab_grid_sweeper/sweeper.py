@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.plugins import Plugins
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from looplab.sweep import LaunchingSweeper
 
 
 @dataclass
@@ -21,19 +20,10 @@ class LooplabGridSweeperConf:
     params: dict[str, str] | None = field(default=None)
 
 
-class LooplabGridSweeper(Sweeper):
+class LooplabGridSweeper(LaunchingSweeper):
     def __init__(self, max_batch_size: int | None = None, params: Any = None) -> None:
+        super().__init__()
         self.max_batch_size = max_batch_size
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
 
     def sweep(self, arguments: list[str]) -> Any:
         from looplab.sweep import enumerate_jobs, refuse_intervals, sweep_overrides

@@ -17,10 +17,9 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
-from hydra.core.plugins import Plugins
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from looplab.sweep import LaunchingSweeper
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +43,10 @@ def distribution(override: Override) -> Any:
     raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
 
 
-class LooplabOptunaSweeper(Sweeper):
+class LooplabOptunaSweeper(LaunchingSweeper):
     def __init__(self, **settings: Any) -> None:
+        super().__init__()
         self.settings = settings
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
 
     def _space(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
         """The search space (declared params, then command-line sweeps) and fixed overrides."""
