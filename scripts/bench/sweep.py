@@ -138,9 +138,10 @@ def per_job_rows(cfg: Settings, work: Path) -> list[Row]:
             "for Hydra's own work on the same conf/ tree (composing the job's config, its "
             f"logging and its .hydra/ files). Of looplab's extra {human(ours - hydra_only)}, "
             f"tracking accounts for {amount(ours - untracked)} (the same sweep untracked took "
-            f"{human(untracked)} a job): creating the job's MLflow run with its params and "
-            "start-up artifacts and ending it with metrics.csv in the SQLite store, done by "
-            "the writer process the jobs share; the run itself accounts for "
+            f"{human(untracked)} a job): the job hands its params, epochs and end to the "
+            "writer process the jobs share and does not wait for it, so this is what the "
+            "writer's work (creating and ending the run in the SQLite store) costs where it "
+            "competes with the next job for the cores; the run itself accounts for "
             f"{amount(untracked - hydra_only)}: checking the config, loading and splitting the "
             f"CSV, {epochs} epochs with their console lines, config.yaml and metrics.csv."
         ),

@@ -188,9 +188,12 @@ def unknown_key_message(key: str) -> str:
     )
 
 
+_type_hints = functools.cache(get_type_hints)
+
+
 def _check_keys(node: Any, schema: type, prefix: str = "") -> None:
     """Reject keys outside the schema, e.g. a typo added with `+model.widht=3`."""
-    hints = get_type_hints(schema)
+    hints = _type_hints(schema)
     for key in node:
         full = f"{prefix}{key}"
         if key not in hints:
@@ -282,6 +285,13 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
     return plain
 
 
+def _safe_dumper() -> type:
+    """libyaml's safe dumper where PyYAML has it (a sweep writes a config a job), else PyYAML's."""
+    import yaml
+
+    return getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def rerunnable(cfg: DictConfig) -> str:
     """The resolved config as a primary config of its own, as YAML for `config.yaml`.
 
@@ -297,7 +307,7 @@ def rerunnable(cfg: DictConfig) -> str:
         **OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         **hydra_settings,
     }
-    return yaml.safe_dump(document, sort_keys=False)
+    return yaml.dump(document, Dumper=_safe_dumper(), sort_keys=False)
 
 
 @functools.cache

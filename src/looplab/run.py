@@ -84,18 +84,27 @@ def execute(
     name: str | None = None,
     console: ConsoleReport | None = None,
     tags: dict[str, str] | None = None,
+    defer_end: bool = False,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
     `name` is the run's name (by default the data set's); `console` how epochs are shown
     (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest.
+    `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
     tracker = tracker or start_tracker(cfg)
     try:
         with sigterm_raises():
             return _execute(
-                cfg, output_dir, hydra_dir, tracker, name or run_name(cfg), console, tags or {}
+                cfg,
+                output_dir,
+                hydra_dir,
+                tracker,
+                name or run_name(cfg),
+                console,
+                tags or {},
+                defer_end,
             )
     finally:
         if tracker is not None:
@@ -200,6 +209,7 @@ def _execute(
     name: str,
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
+    defer_end: bool,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg)
@@ -278,7 +288,9 @@ def _execute(
         console.close()  # every buffered line is out before any error is told
         csv.close()
     if tracker is not None:
-        result.warning = tracker.finish(result.status, end_tags, [(csv.path, None)])
+        result.warning = tracker.finish(
+            result.status, end_tags, [(csv.path, None)], wait=not defer_end
+        )
         result.run_id = tracker.finished_run_id
     if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)

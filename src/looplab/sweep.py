@@ -64,7 +64,7 @@ class JobRecord:
     num: int
     name: str
     status: str
-    run_id: str | None = None
+    tracked: bool = False  # its run was handed to the MLflow writer
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -230,13 +230,18 @@ class SweepCallback(Callback):
             _print_summary(records, None, None)
             return
         parent, parent_id = _PARENTS.pop(sweep_id(sweep_dir))
-        from looplab.tracking import reader
+        from looplab.tracking import reader, settle_idle
 
         settings = plain_config(_job_part(config))
         uri, experiment = settings.tracking.uri, settings.tracking.experiment
         files: list[tuple[Path, str | None]] = []
         table_text = None
-        runs = reader.find_runs(uri, experiment, parent_run_id=parent_id)
+        for warning in settle_idle():  # this process's jobs: their runs' ends are read here
+            print(f"warning: {warning}", file=sys.stderr)
+        runs = reader.sweep_children(
+            uri, experiment, parent_id, expected=sum(r.tracked for r in records)
+        )
+        run_ids = {run.data.tags.get(reader.JOB): run.info.run_id for run in runs}
         if runs:
             table = reader.runs_table(runs)
             table_text = reader.format_table(table)
@@ -257,7 +262,7 @@ class SweepCallback(Callback):
             "looplab.jobs_failed": str(len(FAILED_JOBS)),
         }
         if best is not None:
-            tags["looplab.best_run_id"] = best.run_id or ""
+            tags["looplab.best_run_id"] = run_ids.get(str(best.num), "")
             tags["looplab.best_job"] = str(best.num)
             tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
         status = "FINISHED" if not FAILED_JOBS else "FAILED"

@@ -23,7 +23,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 from hydra import compose
@@ -108,6 +108,21 @@ def baseline(preset: str | None) -> DictConfig:
     return _BASELINES[preset]
 
 
+_SWEEP_PARENTS: dict[str, tuple[str, list[str]]] = {}
+
+
+def _find_sweep(tracker: Tracker, sweep: str) -> tuple[str | None, list[str]]:
+    """The sweep's parent run and swept keys, asked of the store once per process: a parent
+    is created before the first job and never changes, and asking again would wait for the
+    writer to end the previous job's run first."""
+    if sweep not in _SWEEP_PARENTS:
+        parent_id, swept_keys = tracker.find_sweep(sweep)
+        if parent_id is None:
+            return None, []
+        _SWEEP_PARENTS[sweep] = (parent_id, swept_keys)
+    return _SWEEP_PARENTS[sweep]
+
+
 @dataclass
 class SweepJob:
     """A job's place in its sweep, from what every job's Hydra config holds."""
@@ -132,12 +147,12 @@ class SweepJob:
         }
         parent_id, swept_keys = (None, [])
         if tracker is not None:
-            parent_id, swept_keys = tracker.find_sweep(tags["looplab.sweep_id"])
+            parent_id, swept_keys = _find_sweep(tracker, tags["looplab.sweep_id"])
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         return job_name(self.overrides, swept_keys), tags
 
-    def record(self, name: str, status: str, **details: object) -> None:
+    def record(self, name: str, status: str, **details: Any) -> None:
         from looplab.sweep import JobRecord
 
         JobRecord(self.num, name, status, **details).write(self.sweep_dir)
@@ -159,11 +174,14 @@ def train_job(cfg: DictConfig) -> float:
         sweep_dir = Path(str(hydra_config.sweep.dir)).resolve()
         job = SweepJob(hydra_config.job.num, sweep_dir, list(hydra_config.overrides.task))
     name = ""
+    tracker: Tracker | None = None
+    runs_before = 0
     try:
         plain = plain_config(cfg)
         validate(plain)
         # Start MLflow's writer process before torch is imported, so the two overlap.
         tracker = start_tracker(plain)
+        runs_before = tracker.runs_started if tracker else 0
         from looplab.reporting import ConsoleReport
         from looplab.run import execute, print_warning
 
@@ -179,7 +197,14 @@ def train_job(cfg: DictConfig) -> float:
                 train.epochs, train.print_style, train.print_every, prefix=job.prefix
             )
         result = execute(
-            plain, output_dir, hydra_dir, tracker, name=name, console=console, tags=tags
+            plain,
+            output_dir,
+            hydra_dir,
+            tracker,
+            name=name,
+            console=console,
+            tags=tags,
+            defer_end=job is not None,
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)
@@ -192,11 +217,14 @@ def train_job(cfg: DictConfig) -> float:
     except Exception as error:  # a bug mid-run: the run is FAILED in the store already
         if job is None or os.environ.get(USER_FULL_ERROR) == "1":
             raise
-        return _job_failed(job, name, f"{type(error).__name__}: {error}", run_started=True)
+        tracked = tracker is not None and tracker.runs_started > runs_before
+        message = f"{type(error).__name__}: {error}"
+        return _job_failed(job, name, message, run_started=True, tracked=tracked)
     print_warning(result, output_dir)
     if job is not None:
         last = result.history[-1].metrics if result.history else {}
-        job.record(name, result.status, run_id=result.run_id, error=result.error, metrics=last)
+        tracked = tracker is not None and tracker.runs_started > runs_before
+        job.record(name, result.status, tracked=tracked, error=result.error, metrics=last)
     if result.exit_code and not (job is not None and result.status == "FAILED"):
         if result.error:
             print(f"looplab-train: {result.error}", file=sys.stderr)
@@ -206,11 +234,13 @@ def train_job(cfg: DictConfig) -> float:
     return result.objective
 
 
-def _job_failed(job: SweepJob, name: str, message: str, run_started: bool = False) -> float:
+def _job_failed(
+    job: SweepJob, name: str, message: str, run_started: bool = False, tracked: bool = False
+) -> float:
     """Report a sweep job that failed in one line, record it, and let the sweep go on."""
     when = "" if run_started else " before training"
     print(f"looplab-train: job {job.num} {name}: failed{when}: {message}", file=sys.stderr)
-    job.record(name or f"job {job.num}", "FAILED", error=message)
+    job.record(name or f"job {job.num}", "FAILED", tracked=tracked, error=message)
     return math.inf
 
 

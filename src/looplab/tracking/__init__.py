@@ -8,6 +8,6 @@
 Nothing outside this package imports MLflow.
 """
 
-from looplab.tracking.writer import Tracker, start_tracker
+from looplab.tracking.writer import Tracker, settle_idle, start_tracker
 
-__all__ = ["Tracker", "start_tracker"]
+__all__ = ["Tracker", "settle_idle", "start_tracker"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,22 @@ def find_runs(
         runs = _search(mlflow_client, exp_id, "")
         runs = [run for run in runs if run.data.tags.get(ROLE) != "sweep"]
     return _remember(runs, uri)
+
+
+def sweep_children(
+    uri: str, experiment: str, parent_run_id: str, expected: int, timeout: float = 120.0
+) -> list[Run]:
+    """A sweep's child runs, once `expected` of them are there and none is RUNNING (or
+    `timeout` has passed): each job's writer creates and ends its run while the next job
+    starts, in whatever process ran the job, so the last runs may land after the sweep's
+    last job has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = find_runs(uri, experiment, parent_run_id=parent_run_id)
+        running = [run for run in runs if run.info.status == "RUNNING"]
+        if (len(runs) >= expected and not running) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.05)
 
 
 def last_sweep(uri: str, experiment: str) -> str | None:

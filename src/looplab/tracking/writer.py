@@ -9,7 +9,9 @@ Messages are pickled tuples on the child's stdin; replies come back on its stdou
 If the training process dies without saying goodbye, the child sees end-of-file and marks
 the run KILLED, so no run is ever left RUNNING. A writer that ended its run cleanly waits for
 the next one: the jobs of a sweep that run in one process (Hydra's basic launcher, a joblib
-worker) share a writer and pay for MLflow's import once.
+worker) share a writer and pay for MLflow's import once. A sweep job does not wait for its
+run's end either: the writer ends it while the next job is set up, and the answer is read
+when the writer is taken up again (`start_tracker`) or the sweep ends (`settle_idle`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import logging
 import os
 import pickle
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,14 +62,32 @@ def start_tracker(cfg: DictConfig) -> Tracker | None:
         return None
     key = (cfg.tracking.uri, cfg.tracking.experiment)
     idle = _IDLE.pop(key, None)
-    if idle is not None and idle.process.poll() is None:
-        idle.idle = False  # in use again: close() must stop it if its run goes wrong
-        return idle
+    if idle is not None:
+        _warn(idle.settle_later())  # the last job's end: the next run's messages follow it
+        if idle.idle and idle.process.poll() is None:
+            idle.idle = False  # in use again: close() must stop it if its run goes wrong
+            return idle
+        idle.stop()
     return Tracker(*key)
+
+
+def settle_idle() -> list[str]:
+    """Wait until every run this process's writers were asked to end has ended; return the
+    warnings of those whose end did not reach the store. A sweep calls this before it reads
+    its children back."""
+    warnings = [tracker.settle_later() for tracker in list(_IDLE.values())]
+    return [warning for warning in warnings if warning]
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        logging.getLogger("looplab").warning(f"warning: {warning}")
 
 
 @atexit.register
 def _stop_idle_writers() -> None:
+    for warning in settle_idle():
+        _warn(warning)
     while _IDLE:
         _IDLE.popitem()[1].stop()
 
@@ -84,8 +106,13 @@ class Tracker:
             env=env,
             start_new_session=False,
         )
+        self.replies: queue.Queue = queue.Queue()
+        threading.Thread(
+            target=_reader, args=(self.process.stdout, self.replies), daemon=True
+        ).start()
         self.opened = False  # the writer has said that the store answers
         self.finished_run_id: str | None = None  # the id of the last run this writer ended
+        self.runs_started = 0  # runs handed to this writer, over the jobs it served
         self._send(("open", uri, experiment))
 
     def _reset(self) -> None:
@@ -94,6 +121,7 @@ class Tracker:
         self.last_send = time.monotonic()
         self.run_id: str | None = None
         self.start_pending = False  # "start" sent, its reply not read yet
+        self.end_pending = False  # "end" sent, its reply not read yet (see `settle`)
         self.idle = False  # the run ended and the writer waits in _IDLE for the next one
         # Set when the writer went away mid-run: training goes on, and the user is told.
         self.lost: str | None = None
@@ -115,19 +143,19 @@ class Tracker:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     def _receive(self, timeout: float, waiting_for: str) -> tuple[Any, ...]:
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
+        """The writer's next reply, in order. Replies are read off the pipe by a thread: a
+        job that did not wait for its run's end leaves two replies in the pipe, and one
+        buffered read may take both, where `select` on the pipe would no longer see the
+        second."""
+        try:
+            reply = self.replies.get(timeout=timeout)
+        except queue.Empty:
             self.process.kill()
             raise TrackingError(
                 f"MLflow store {self.uri} did not answer within {timeout:.0f} s ({waiting_for})"
-            )
-        try:
-            reply = pickle.load(self.process.stdout)
-        except EOFError:
-            raise TrackingError(
-                f"the MLflow writer for {self.uri} exited while {waiting_for}"
             ) from None
+        if reply[0] == "eof":
+            raise TrackingError(f"the MLflow writer for {self.uri} exited while {waiting_for}")
         if reply[0] == "error":
             raise TrackingError(reply[1])
         return reply
@@ -167,6 +195,7 @@ class Tracker:
         started = start_time_ms or int(time.time() * 1000)
         self._send(("start", run_name, params, tags, files, started))
         self.start_pending = True
+        self.runs_started += 1
         if wait:
             self._read_start()
         return self.run_id
@@ -198,33 +227,67 @@ class Tracker:
         status: str,
         tags: dict[str, str] | None = None,
         artifacts: list[tuple[Path, str | None]] = (),
+        wait: bool = True,
     ) -> str | None:
         """Flush, log the closing artifacts, end the run as `status`; return any warning.
 
         Training is over by now and `metrics.csv` holds every epoch, so a writer that fails
         here is reported as a warning, not as an error that would hide a finished run.
+        With `wait=False` (a sweep's job) this process does not wait for the writer at all:
+        it creates and ends the run while the next job is set up, and what it answers (the
+        run's id among it) is read, and any warning told, by `settle`.
         """
         try:
             self.flush()
-            self._read_start()
+            if wait:
+                self._read_start()
             self.finished_run_id = self.run_id
             if self.lost is None:
                 files = [(str(path), artifact_path) for path, artifact_path in artifacts]
                 self._send(("end", status, tags or {}, files))
-                _, warning, reusable = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
-                if reusable:
-                    self._reset()
-                    self.idle = True
-                    _IDLE[(self.uri, self.experiment)] = self
-                return warning
+                start_pending = self.start_pending
+                self._reset()
+                self.idle, self.end_pending, self.start_pending = True, True, start_pending
+                _IDLE[(self.uri, self.experiment)] = self
+                return self.settle() if wait else None
         except TrackingError as error:
             self.lost = str(error)
+            self.idle = False
+            _IDLE.pop((self.uri, self.experiment), None)
         finally:
             self.close()
         since = f" from epoch {self.lost_from_epoch} on" if self.lost_from_epoch else ""
         return (
             f"{self.lost}; the metrics{since} and the run's end ({status}) did not reach {self.uri}"
         )
+
+    def settle(self) -> str | None:
+        """Read the writer's answer to the last "end", if not read yet; return its warning.
+
+        A writer whose store stopped answering leaves after that answer: it is not idle then,
+        and `start_tracker` starts a fresh one.
+        """
+        if not self.end_pending:
+            return None
+        try:
+            if self.start_pending:  # a run ended without waiting: its id comes only now
+                self._read_start()
+                self.finished_run_id, self.run_id = self.run_id, None
+            _, warning, reusable = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
+        except TrackingError as error:
+            warning, reusable = str(error), False
+        self.end_pending = False
+        if not reusable:
+            self.idle = False
+            if _IDLE.get((self.uri, self.experiment)) is self:
+                del _IDLE[(self.uri, self.experiment)]
+            self.close()
+        return warning
+
+    def settle_later(self) -> str | None:
+        """`settle`, for a run whose closing line is already out: the warning names it."""
+        warning = self.settle()
+        return f"MLflow run {self.finished_run_id}: {warning}" if warning else None
 
     def close(self) -> None:
         """Stop the writer unless it waits for the next run; a run it still holds is ended
@@ -439,7 +502,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def _reader(stream: Any, inbox: Any) -> None:
-    """Read messages off the pipe as fast as they come, so the parent never blocks on it."""
+    """Read messages off a pipe as they come, in order, into `inbox`; ("eof",) at its end.
+    The writer reads the trainer's this way (so the trainer never blocks on a full pipe), and
+    the trainer the writer's replies."""
     while True:
         try:
             inbox.put(pickle.load(stream))
@@ -450,9 +515,6 @@ def _reader(stream: Any, inbox: Any) -> None:
 
 def writer_main() -> None:
     """Entry of the writer process. Signals are the parent's business: it tells us to end."""
-    import queue
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Keep the protocol's stdout to ourselves; anything MLflow prints goes to stderr.
