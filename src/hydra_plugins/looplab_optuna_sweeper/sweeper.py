@@ -88,9 +88,10 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         name = self.settings.get("study_name") or (
             "search-" + hashlib.sha1(described.encode()).hexdigest()[:10]
         )
+        storage = self._storage(name)
         study = optuna.create_study(
             study_name=name,
-            storage=self._storage(name),
+            storage=storage,
             load_if_exists=True,
             direction=self.settings.get("direction", "minimize"),
             sampler=optuna.samplers.TPESampler(seed=self.settings.get("seed")),
@@ -101,7 +102,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         total = int(self.settings.get("n_trials", 20))
         batch_size = max(1, int(self.settings.get("n_jobs", 1)))
         if done >= total:
-            print(f"study {name}: all {total} trials are done already ({self._storage(name)})")
+            print(f"study {name}: all {total} trials are done already ({storage})")
         while done < total:
             trials = [study.ask(space) for _ in range(min(batch_size, total - done))]
             overrides = [
@@ -128,6 +129,6 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             shown = " ".join(f"{k}={v}" for k, v in best.params.items())
             print(f"study {name}: best trial #{best.number} {shown}: {best.value:.6g}")
         OmegaConf.save(
-            {"study": name, "storage": self._storage(name), "trials": len(study.trials)},
+            {"study": name, "storage": storage, "trials": len(study.trials)},
             Path(str(self.config.hydra.sweep.dir)) / "optuna.yaml",
         )
