@@ -123,7 +123,8 @@ def reproduce_command(args: argparse.Namespace) -> int:
     tag = DERIVED_FROM if args.changes else REPRODUCED_FROM
     name = original.info.run_name or args.run_id
     name = f"{name} {' '.join(args.changes)}" if args.changes else f"{name} (reproduced)"
-    exit_code, new = _train(cfg, uri, experiment, {tag: args.run_id, "mlflow.runName": name})
+    tags = {tag: args.run_id, "mlflow.runName": name, **asked_for(original, args.changes)}
+    exit_code, new = _train(cfg, uri, experiment, tags)
     if new is None:
         raise TrackingError(
             f"the rerun of {args.run_id} did not start (looplab-train exited {exit_code}; "
@@ -141,6 +142,26 @@ def reproduce_command(args: argparse.Namespace) -> int:
     epochs = max((len(points) for points in reproduced.values()), default=0)
     print(report(original, new, differences, edited, args.tolerance, epochs))
     return EXIT_FAILED if differences or new.info.status != original.info.status else 0
+
+
+def asked_for(run: Run, changes: list[str]) -> dict[str, str]:
+    """The rerun's overrides and group choices: the original's, with the changes on top (the
+    rerun's own Hydra sees only a finished config, with no groups to choose)."""
+    from looplab.config import config_dir
+
+    try:
+        overrides = json.loads(run.data.tags.get("looplab.overrides", "[]"))
+    except json.JSONDecodeError:
+        overrides = []
+    choices = _choices(run)
+    for line in changes:
+        key, _, value = line.partition("=")
+        if "." not in key and (config_dir() / key).is_dir():
+            choices[key] = value
+    return {
+        "looplab.overrides": json.dumps([*overrides, *changes]),
+        "looplab.choices": json.dumps(choices, sort_keys=True),
+    }
 
 
 def _check_reproducible(run: Run, compared: bool) -> None:
