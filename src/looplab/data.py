@@ -296,18 +296,28 @@ def _cached_table(
     """`load_table`, read once per process while the file is unchanged: the jobs of a sweep
     that run in one process (a seed sweep, say) share the table instead of parsing it again.
     The split never changes the table it is given."""
-    stamp = None
-    if name == "csv" and path is not None:
-        file = local_path(path)
-        info = file.stat() if file.is_file() else None
-        stamp = (str(file.resolve()), info.st_mtime_ns, info.st_size) if info else None
-        if stamp is None:  # let load_table say what is wrong with it
-            return load_table(name, path, target, drop, sep, encoding)
-    key = (name, stamp, target, drop, sep, encoding)
+    key = _table_key(name, path, target, drop, sep, encoding)
+    if key is None:  # let load_table say what is wrong with the file
+        return load_table(name, path, target, drop, sep, encoding)
     if key not in _TABLES:
         _TABLES.clear()  # one table at a time: a sweep over data sets does not pile them up
         _TABLES[key] = load_table(name, path, target, drop, sep, encoding)
     return _TABLES[key]
+
+
+def _table_key(
+    name: str, path: str | None, target: str | None, drop: tuple[str, ...], sep: str, encoding: str
+) -> tuple | None:
+    """What a cached table is known by: its settings and, for a CSV, the file's path, time and
+    size (a changed file is read again); None for a file that is not there."""
+    stamp = None
+    if name == "csv" and path is not None:
+        file = local_path(path)
+        info = file.stat() if file.is_file() else None
+        if info is None:
+            return None
+        stamp = (str(file.resolve()), info.st_mtime_ns, info.st_size)
+    return (name, stamp, target, drop, sep, encoding)
 
 
 def local_path(path: str) -> Path:
@@ -361,7 +371,29 @@ def describe_data(
     encoding: str = "utf-8",
 ) -> DataRecord:
     """The digest of the table a run loads (read once per process, shared with `load`), and
-    for a CSV the sha256 of its file: what tells a changed data set from the same one."""
+    for a CSV the sha256 of its file: what tells a changed data set from the same one.
+    Worked out once per process while the file is unchanged, like the table itself."""
+    key = _table_key(name, path, target, tuple(drop), sep, encoding)
+    if key is None or key not in _RECORDS:
+        record = _describe_data(name, path, target, drop, sep, encoding)
+        if key is None:
+            return record
+        _RECORDS.clear()
+        _RECORDS[key] = record
+    return _RECORDS[key]
+
+
+_RECORDS: dict[tuple, DataRecord] = {}
+
+
+def _describe_data(
+    name: str,
+    path: str | None,
+    target: str | None,
+    drop: list[str] | tuple[str, ...],
+    sep: str,
+    encoding: str,
+) -> DataRecord:
     import hashlib
 
     features, labels = _cached_table(name, path, target, tuple(drop), sep, encoding)

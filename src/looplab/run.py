@@ -7,6 +7,7 @@ composed config, and the entry point in `train.py` stays the only place that kno
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -356,6 +357,7 @@ def preprocessing(info: datasets.SplitData) -> str:
     )
 
 
+@functools.cache
 def environment_tags() -> dict[str, str]:
     """What a rerun must match to give the same numbers: versions and platform (torch's
     threads are the `torch.threads` param)."""
