@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -147,14 +148,10 @@ def prepare(cfg: DictConfig) -> Prepared:
     device = resolve_device(cfg.device.name)
     split = datasets.load(
         cfg.dataset.name,
-        path=cfg.dataset.path,
-        target=cfg.dataset.target,
-        drop=list(cfg.dataset.drop),
+        **table_settings(cfg),
         task=cfg.dataset.task,
         test_size=cfg.dataset.test_size,
         seed=cfg.seed,
-        sep=cfg.dataset.sep,
-        encoding=cfg.dataset.encoding,
     )
     tensors = datasets.to_device(split, device, dtype)
     task, target_std = split.task, split.target_std
@@ -309,16 +306,21 @@ def _execute(
     return result
 
 
+def table_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The `dataset.*` keys that say which table is read (the split's keys aside)."""
+    dataset = cfg.dataset
+    return {
+        "path": dataset.path,
+        "target": dataset.target,
+        "drop": list(dataset.drop),
+        "sep": dataset.sep,
+        "encoding": dataset.encoding,
+    }
+
+
 def describe_data(cfg: DictConfig) -> datasets.DataRecord:
     """The data record of a plain config's data set (its table is read once per process)."""
-    return datasets.describe_data(
-        cfg.dataset.name,
-        path=cfg.dataset.path,
-        target=cfg.dataset.target,
-        drop=list(cfg.dataset.drop),
-        sep=cfg.dataset.sep,
-        encoding=cfg.dataset.encoding,
-    )
+    return datasets.describe_data(cfg.dataset.name, **table_settings(cfg))
 
 
 def dataset_input(record: datasets.DataRecord) -> dict[str, str]:
