@@ -245,3 +245,23 @@ def test_reproduce_refuses_a_stored_config_that_names_foreign_code(
         assert err.startswith("looplab: error: ") and len(err.strip().splitlines()) == 1
     assert only_run(client).info.run_id == run.info.run_id  # nothing new was started
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_run_in_a_dirty_git_tree_records_that_and_the_diff(
+    make_config, tmp_path, client, monkeypatch
+) -> None:
+    """Faults: the dirty state not recorded (a run from uncommitted code looks like the
+    commit's), or the diff that would explain it not kept."""
+    import subprocess
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "train_me.py").write_text("lr = 0.1\n")
+    subprocess.run([*git, "add", "train_me.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
+    (tmp_path / "train_me.py").write_text("lr = 0.2\n")
+    monkeypatch.chdir(tmp_path)  # the writer asks git in the launch directory
+    execute(make_config("train.epochs=1", "train.print_every=0"), tmp_path / "run")
+    run = only_run(client)
+    assert run.data.tags["looplab.git.dirty"] == "true"
+    assert "+lr = 0.2" in artifact_text(client, run.info.run_id, "git.diff", tmp_path / "dl")
