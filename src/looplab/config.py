@@ -22,6 +22,10 @@ from looplab.errors import ConfigError
 from looplab.tracking.store import default_store_uri
 
 RESOURCES = Path(__file__).parent / "resources"
+# How a config names a file packaged with looplab (Hydra's own `pkg://` form): the same text on
+# every machine, where a site-packages path is not.
+PACKAGE_PREFIX = "pkg://"
+RESOURCE_PACKAGE = "looplab.resources"
 
 
 class Task(StrEnum):
@@ -121,6 +125,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
     experiment: str = "looplab"
+    skip_finished: bool = False
 
 
 @dataclass
@@ -138,9 +143,12 @@ def register() -> None:
     """Make the schema and the `${looplab.resource:...}` resolver known to Hydra and OmegaConf."""
     ConfigStore.instance().store(name="looplab_schema", node=LooplabConfig)
     if not OmegaConf.has_resolver("looplab.resource"):
-        OmegaConf.register_new_resolver(
-            "looplab.resource", lambda name: str((RESOURCES / name).resolve())
-        )
+        OmegaConf.register_new_resolver("looplab.resource", resource_uri)
+
+
+def resource_uri(name: str) -> str:
+    """`pkg://looplab.resources/NAME`: a packaged file as a config names it, on any machine."""
+    return f"{PACKAGE_PREFIX}{RESOURCE_PACKAGE}/{name}"
 
 
 def config_dir() -> Path:
@@ -282,6 +290,10 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     if plain.tracking.enabled and not plain.tracking.uri:
         plain.tracking.uri = default_store_uri(launch_dir)
+    path = plain.dataset.get("path")
+    if path and not str(path).startswith(PACKAGE_PREFIX):
+        # A file the user named: absolute, so the recorded config reads it from anywhere.
+        plain.dataset.path = str(((launch_dir or Path.cwd()) / Path(path).expanduser()).resolve())
     return plain
 
 
@@ -292,19 +304,53 @@ def _safe_dumper() -> type:
     return getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+# What says where a run is recorded, not what it is: left out of its config.yaml and identity.
+WHERE_KEYS = ("uri",)
+
+
+def portable(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without the store: what the run is, not where it was recorded.
+
+    `tracking.uri` is dropped (a rerun records in its own default store, or in the one it is
+    told); the packaged CSV is already named as `pkg://looplab.resources/...`.
+    """
+    document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tracking = document.get("tracking") or {}
+    for key in WHERE_KEYS:
+        if key in tracking:
+            tracking[key] = None
+    return document
+
+
+def identity(cfg: DictConfig) -> str:
+    """A digest of what a run trains: the resolved config less its tracking settings.
+
+    Two runs with the same identity and the same data digest train the same thing; a sweep
+    with `tracking.skip_finished=true` skips a job whose identity a FINISHED run shares.
+    """
+    import hashlib
+    import json
+
+    document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    document.pop("tracking", None)
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def rerunnable(cfg: DictConfig) -> str:
     """The resolved config as a primary config of its own, as YAML for `config.yaml`.
 
     With the schema in its defaults and train.yaml's output folders, `looplab-train
     --config-dir FOLDER --config-name config` checks and places the rerun like any run.
     Written with plain YAML, not an OmegaConf merge: a sweep writes one for every job.
+    The store is left out (`tracking.uri: null`), so the file runs anywhere.
     """
     import yaml
 
     hydra_choices, hydra_settings = _hydra_settings()
     document = {
         "defaults": ["looplab_schema", "_self_", *hydra_choices],
-        **OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        **portable(cfg),
         **hydra_settings,
     }
     return yaml.dump(document, Dumper=_safe_dumper(), sort_keys=False)
@@ -395,3 +441,117 @@ def run_name(cfg: DictConfig, baseline: DictConfig | None = None, preset: str | 
     if preset is None:  # the base already says which data set
         words = [w for w in words if w not in (cfg.dataset.name, data_name(cfg))]
     return " ".join([base, *words])
+
+
+# The packages whose classes a recorded config may name as `_target_`: looplab's own.
+OWN_PACKAGES = ("looplab.", "hydra_plugins.looplab_")
+
+
+def from_record(text: str, source: str = "config.yaml") -> DictConfig:
+    """A run's recorded `config.yaml`, read as data, never as code, as a plain config.
+
+    Plain YAML only (`yaml.safe_load`: no Python tags); no `${...}` interpolations outside its
+    `hydra` part (a recorded config is resolved); no `_target_` outside looplab's own packages;
+    every other key must be in the schema, with the schema's types, and pass `validate`. Its
+    `defaults` and `hydra` parts are checked, then left out: a rerun takes looplab's own Hydra
+    settings.
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "?"
+        raise ConfigError(f"{source} is not plain YAML: {first}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source} is not a mapping of config keys")
+    for where, value in _leaves(document):
+        if where.endswith("_target_") and not str(value).startswith(OWN_PACKAGES):
+            raise ConfigError(
+                f"{source} names an import target outside looplab ({where}={value}): refused, "
+                "a run's artifacts are data, never code"
+            )
+        if isinstance(value, str) and "${" in value and not where.startswith("hydra."):
+            raise ConfigError(
+                f"{source} holds an interpolation ({where}={value}): refused, a recorded "
+                "config is resolved"
+            )
+    body = {key: value for key, value in document.items() if key not in ("defaults", "hydra")}
+    return _checked(body, source)
+
+
+def _checked(body: dict[str, Any], source: str) -> DictConfig:
+    """`body` merged onto the schema (its types and keys), as a validated plain config."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(LooplabConfig), body)
+    except OmegaConfBaseException as error:
+        message = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"{source} does not match looplab's schema at {error.full_key or '?'}: {message}"
+        ) from None
+    plain = OmegaConf.create(OmegaConf.to_container(merged, resolve=True, enum_to_str=True))
+    validate(plain)
+    return plain
+
+
+def with_overrides(cfg: DictConfig, lines: list[str]) -> DictConfig:
+    """A plain config with `key=value` changes, as a user types them on the command line.
+
+    `model.width=8` sets one key (Hydra's value grammar: `[a,b]`, `null`, quotes); a group's
+    choice (`update=sgd`, `dataset=iris`) replaces that group with the schema's defaults and
+    that option's file. Sweeps, `+`/`~` and presets (`experiment=...`) are refused: a preset
+    is a fresh start, `looplab-train experiment=NAME`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+    except OverrideParseException as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"cannot parse the changes: {first}") from None
+    for line, override in zip(lines, overrides, strict=True):
+        key = override.get_key_element()
+        if override.is_sweep_override() or key.startswith(("+", "~")) or "@" in key:
+            raise ConfigError(f"{line}: only plain key=value changes are allowed here")
+        value = override.value()
+        group = config_dir() / key
+        if key == "experiment":
+            raise ConfigError(
+                f"{line}: a preset is a fresh start, not a change: looplab-train {line}"
+            )
+        if "." not in key and group.is_dir():
+            option = group / f"{value}.yaml"
+            if not option.is_file():
+                options = sorted(p.stem for p in group.glob("*.yaml"))
+                raise ConfigError(
+                    f"{key}={value} is not an option; choose one of {', '.join(options)}"
+                )
+            chosen = OmegaConf.to_container(OmegaConf.load(option), resolve=False)
+            chosen.pop("defaults", None)
+            document[key] = chosen
+            continue
+        if _schema_of(key) is None or key.rsplit(".", 1)[-1] not in {
+            f.name for f in fields(_schema_of(key))
+        }:
+            raise ConfigError(unknown_key_message(key))
+        node = document
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return _checked(document, "the changed config")
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every (dotted key, value) of a plain YAML document, lists included."""
+    if isinstance(node, dict):
+        items = [(f"{prefix}.{key}" if prefix else str(key), value) for key, value in node.items()]
+    elif isinstance(node, list):
+        items = [(f"{prefix}[{index}]", value) for index, value in enumerate(node)]
+    else:
+        return [(prefix, node)]
+    return [leaf for key, value in items for leaf in _leaves(value, key)]

@@ -39,6 +39,11 @@ class SplitData:
     target_mean: float = 0.0
     classes: list[str] = field(default_factory=list)  # label of class 0, 1, ...; [] for regression
     task_reason: str = ""  # why the task is what it is, in a user's words
+    # What new rows need to be fed to the trained model: the columns in order, and the
+    # scaler's statistics from the training rows.
+    feature_names: list[str] = field(default_factory=list)
+    scaler_mean: list[float] = field(default_factory=list)
+    scaler_scale: list[float] = field(default_factory=list)
 
     @property
     def n_features(self) -> int:
@@ -107,7 +112,7 @@ def _read_csv(
     """
     if path is None or target is None:
         raise DataError("dataset=csv needs dataset.path and dataset.target")
-    file = Path(path).expanduser()
+    file = local_path(path)
     if not file.is_file():
         raise DataError(f"CSV file not found: {file}")
     try:
@@ -249,7 +254,19 @@ def split_and_scale(
         mean, target_std = float(y_train.mean()), float(y_train.std()) or 1.0
         y_train, y_val = (y_train - mean) / target_std, (y_val - mean) / target_std
     return SplitData(
-        x_train, y_train, x_val, y_val, task, n_classes, target_std, mean, classes, reason
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        task,
+        n_classes,
+        target_std,
+        mean,
+        classes,
+        reason,
+        feature_names=[str(c) for c in features.columns],
+        scaler_mean=[float(v) for v in scaler.mean_],
+        scaler_scale=[float(v) for v in scaler.scale_],
     )
 
 
@@ -279,18 +296,128 @@ def _cached_table(
     """`load_table`, read once per process while the file is unchanged: the jobs of a sweep
     that run in one process (a seed sweep, say) share the table instead of parsing it again.
     The split never changes the table it is given."""
-    stamp = None
-    if name == "csv" and path is not None:
-        file = Path(path).expanduser()
-        info = file.stat() if file.is_file() else None
-        stamp = (str(file.resolve()), info.st_mtime_ns, info.st_size) if info else None
-        if stamp is None:  # let load_table say what is wrong with it
-            return load_table(name, path, target, drop, sep, encoding)
-    key = (name, stamp, target, drop, sep, encoding)
+    key = _table_key(name, path, target, drop, sep, encoding)
+    if key is None:  # let load_table say what is wrong with the file
+        return load_table(name, path, target, drop, sep, encoding)
     if key not in _TABLES:
         _TABLES.clear()  # one table at a time: a sweep over data sets does not pile them up
         _TABLES[key] = load_table(name, path, target, drop, sep, encoding)
     return _TABLES[key]
+
+
+def _table_key(
+    name: str, path: str | None, target: str | None, drop: tuple[str, ...], sep: str, encoding: str
+) -> tuple | None:
+    """What a cached table is known by: its settings and, for a CSV, the file's path, time and
+    size (a changed file is read again); None for a file that is not there."""
+    stamp = None
+    if name == "csv" and path is not None:
+        file = local_path(path)
+        info = file.stat() if file.is_file() else None
+        if info is None:
+            return None
+        stamp = (str(file.resolve()), info.st_mtime_ns, info.st_size)
+    return (name, stamp, target, drop, sep, encoding)
+
+
+def local_path(path: str) -> Path:
+    """The file a `dataset.path` names: `pkg://looplab.resources/NAME` (a file packaged with
+    looplab, as Hydra names packaged configs) or a path on this machine. Only looplab's own
+    packages are looked in: a path is never a way to import another package."""
+    from looplab.config import PACKAGE_PREFIX, RESOURCE_PACKAGE
+
+    if not path.startswith(PACKAGE_PREFIX):
+        return Path(path).expanduser()
+    package, _, name = path.removeprefix(PACKAGE_PREFIX).partition("/")
+    if package != RESOURCE_PACKAGE or not name or "/" in name or name.startswith("."):
+        raise DataError(
+            f"dataset.path={path}: a packaged file is {PACKAGE_PREFIX}{RESOURCE_PACKAGE}/NAME"
+        )
+    from importlib.resources import files
+
+    return Path(str(files(RESOURCE_PACKAGE) / name))
+
+
+@dataclass
+class DataRecord:
+    """The data a run trained on, as MLflow's dataset input records it (see `describe_data`)."""
+
+    name: str
+    digest: str  # of the loaded table: columns, types and every value
+    source: str  # the CSV (path or pkg:// name) or the scikit-learn loader
+    source_type: str
+    rows: int
+    columns: list[tuple[str, str]]  # (name, MLflow type: double or string)
+    file_sha256: str | None = None  # dataset=csv: the file's bytes
+
+    def mlflow_schema(self) -> str:
+        import json
+
+        return json.dumps(
+            {
+                "mlflow_colspec": [
+                    {"type": kind, "name": name, "required": True} for name, kind in self.columns
+                ]
+            }
+        )
+
+
+def describe_data(
+    name: str,
+    path: str | None = None,
+    target: str | None = None,
+    drop: list[str] | tuple[str, ...] = (),
+    sep: str = ",",
+    encoding: str = "utf-8",
+) -> DataRecord:
+    """The digest of the table a run loads (read once per process, shared with `load`), and
+    for a CSV the sha256 of its file: what tells a changed data set from the same one.
+    Worked out once per process while the file is unchanged, like the table itself."""
+    key = _table_key(name, path, target, tuple(drop), sep, encoding)
+    if key is None or key not in _RECORDS:
+        record = _describe_data(name, path, target, drop, sep, encoding)
+        if key is None:
+            return record
+        _RECORDS.clear()
+        _RECORDS[key] = record
+    return _RECORDS[key]
+
+
+_RECORDS: dict[tuple, DataRecord] = {}
+
+
+def _describe_data(
+    name: str,
+    path: str | None,
+    target: str | None,
+    drop: list[str] | tuple[str, ...],
+    sep: str,
+    encoding: str,
+) -> DataRecord:
+    import hashlib
+
+    features, labels = _cached_table(name, path, target, tuple(drop), sep, encoding)
+    table = features.assign(**{f"__target__{labels.name}": labels})
+    digest = hashlib.sha256()
+    digest.update("\0".join(f"{c}:{t}" for c, t in table.dtypes.items()).encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    file_sha256 = None
+    if name == "csv" and path is not None:
+        file_sha256 = hashlib.sha256(local_path(path).read_bytes()).hexdigest()
+    source = path if name == "csv" and path else f"sklearn.datasets.load_{name}"
+    stem = Path(str(path)).stem if name == "csv" and path else name
+    return DataRecord(
+        name=stem,
+        digest=digest.hexdigest()[:16],
+        source=str(source),
+        source_type="local" if name == "csv" else "code",
+        rows=len(table),
+        columns=[
+            (str(column), "double" if pd.api.types.is_numeric_dtype(values) else "string")
+            for column, values in [*features.items(), (labels.name, labels)]
+        ],
+        file_sha256=file_sha256,
+    )
 
 
 def to_device(data: SplitData, device: torch.device, dtype: torch.dtype) -> DeviceData:

@@ -82,6 +82,25 @@ class MySimpleNN:
     def parameters(self) -> list[Tensor]:
         return [tensor for layer in self.layers for tensor in layer]
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The parameters under the names and shapes of the `torch.nn` twin (`0.weight` is
+        (out, in), `2.weight` the next layer's), so one saved file loads into either."""
+        state: dict[str, Tensor] = {}
+        for index, (weights, bias) in enumerate(self.layers):
+            state[f"{2 * index}.weight"] = weights.detach().T.clone()
+            state[f"{2 * index}.bias"] = bias.detach().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load what `state_dict` (or the twin's) saved; a missing or extra name is an error."""
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ShapeError(f"state_dict names {sorted(state)}, expected {sorted(expected)}")
+        with torch.no_grad():
+            for index, (weights, bias) in enumerate(self.layers):
+                weights.copy_(state[f"{2 * index}.weight"].T)
+                bias.copy_(state[f"{2 * index}.bias"])
+
     def to(self, device: torch.device) -> MySimpleNN:
         self.layers = [
             (w.detach().to(device).requires_grad_(True), b.detach().to(device).requires_grad_(True))

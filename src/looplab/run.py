@@ -7,6 +7,7 @@ composed config, and the entry point in `train.py` stays the only place that kno
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -16,12 +17,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from looplab import data as datasets
-from looplab.config import params, rerunnable, run_name, validate
+from looplab.config import identity, params, rerunnable, run_name, validate
 from looplab.device import resolve_device
 from looplab.errors import (
     EXIT_FAILED,
@@ -155,14 +157,10 @@ def prepare(cfg: DictConfig) -> Prepared:
     device = resolve_device(cfg.device.name)
     split = datasets.load(
         cfg.dataset.name,
-        path=cfg.dataset.path,
-        target=cfg.dataset.target,
-        drop=list(cfg.dataset.drop),
+        **table_settings(cfg),
         task=cfg.dataset.task,
         test_size=cfg.dataset.test_size,
         seed=cfg.seed,
-        sep=cfg.dataset.sep,
-        encoding=cfg.dataset.encoding,
     )
     tensors = datasets.to_device(split, device, dtype)
     task, target_std = split.task, split.target_std
@@ -223,6 +221,8 @@ def _execute(
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
     config_file.write_text(rerunnable(cfg), encoding="utf-8")
+    preprocessing_file = output_dir / "preprocessing.json"
+    preprocessing_file.write_text(preprocessing(info), encoding="utf-8")
     result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
     if tracker is not None:
         run_params = {
@@ -237,16 +237,28 @@ def _execute(
         }
         if info.classes:
             run_params["data.classes"] = ",".join(info.classes)
-        startup_files = [(config_file, None)] + ([(hydra_dir, ".hydra")] if hydra_dir else [])
+        startup_files = [(config_file, None), (preprocessing_file, None)]
+        startup_files += [(hydra_dir, ".hydra")] if hydra_dir else []
+        data_record = describe_data(cfg)
         tags = {
             "looplab.device": str(ready.device),
             "looplab.run_dir": str(output_dir.resolve()),
             "looplab.task_reason": info.task_reason,
             "mlflow.source.name": "looplab-train",
+            "looplab.config_digest": identity(cfg),
+            "looplab.data.digest": data_record.digest,
+            **({"looplab.data.sha256": data_record.file_sha256} if data_record.file_sha256 else {}),
+            **environment_tags(),
             **extra_tags,
         }
         tracker.start_run(
-            name, run_params, tags, startup_files, wait=False, start_time_ms=started_ms
+            name,
+            run_params,
+            tags,
+            startup_files,
+            wait=False,
+            start_time_ms=started_ms,
+            inputs=[dataset_input(data_record)],
         )
 
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
@@ -287,10 +299,13 @@ def _execute(
     finally:
         console.close()  # every buffered line is out before any error is told
         csv.close()
+    end_files: list[tuple[Path, str | None]] = [(csv.path, None)]
+    if result.status == "FINISHED":
+        model_file = output_dir / "model.pt"
+        torch.save(ready.model.state_dict(), model_file)  # tensors only: loads with weights_only
+        end_files.append((model_file, None))
     if tracker is not None:
-        result.warning = tracker.finish(
-            result.status, end_tags, [(csv.path, None)], wait=not defer_end
-        )
+        result.warning = tracker.finish(result.status, end_tags, end_files, wait=not defer_end)
         result.run_id = tracker.finished_run_id
     if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -299,6 +314,83 @@ def _execute(
     if failure is not None:
         raise failure
     return result
+
+
+def table_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The `dataset.*` keys that say which table is read (the split's keys aside)."""
+    dataset = cfg.dataset
+    return {
+        "path": dataset.path,
+        "target": dataset.target,
+        "drop": list(dataset.drop),
+        "sep": dataset.sep,
+        "encoding": dataset.encoding,
+    }
+
+
+def describe_data(cfg: DictConfig) -> datasets.DataRecord:
+    """The data record of a plain config's data set (its table is read once per process)."""
+    return datasets.describe_data(cfg.dataset.name, **table_settings(cfg))
+
+
+def dataset_input(record: datasets.DataRecord) -> dict[str, str]:
+    """The fields of an MLflow dataset input: the UI's Dataset column shows name and digest."""
+    import json
+
+    return {
+        "name": record.name,
+        "digest": record.digest,
+        "source_type": record.source_type,
+        "source": json.dumps({"uri": record.source}),
+        "schema": record.mlflow_schema(),
+        "profile": json.dumps(
+            {"num_rows": record.rows, "num_elements": record.rows * len(record.columns)}
+        ),
+        "context": "training",
+    }
+
+
+def preprocessing(info: datasets.SplitData) -> str:
+    """What a trained model needs to score new rows, as JSON for `preprocessing.json`: the task,
+    the class order, the feature columns in order, the scaler's and the target's statistics."""
+    import json
+
+    return json.dumps(
+        {
+            "task": info.task,
+            "classes": info.classes,
+            "features": info.feature_names,
+            "scaler_mean": info.scaler_mean,
+            "scaler_scale": info.scaler_scale,
+            "target_mean": info.target_mean,
+            "target_std": info.target_std,
+        },
+        indent=1,
+    )
+
+
+@functools.cache
+def environment_tags() -> dict[str, str]:
+    """What a rerun must match to give the same numbers: versions and platform (torch's
+    threads are the `torch.threads` param)."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "looplab.version.python": platform.python_version(),
+        "looplab.version.torch": torch.__version__,
+        "looplab.version.mlflow": installed("mlflow"),
+        "looplab.version.hydra": installed("hydra-core"),
+        "looplab.version.looplab": installed("looplab"),
+        "looplab.platform": f"{sys.platform} {platform.machine()} {platform.platform(terse=True)}",
+    }
 
 
 def closing_line(result: RunResult, output_dir: Path, hint: bool = True) -> str:

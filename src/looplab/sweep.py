@@ -40,6 +40,8 @@ from looplab.errors import LooplabError
 
 # The folder, in a sweep's folder, where each job leaves a line on how it ended.
 JOB_RECORDS = ".jobs"
+# How a job that counts as done ended: trained now, or skipped as FINISHED before.
+DONE = ("FINISHED", "SKIPPED")
 
 
 class SweepRefused(BaseException):
@@ -65,6 +67,7 @@ class JobRecord:
     name: str
     status: str
     tracked: bool = False  # its run was handed to the MLflow writer
+    run_id: str | None = None  # a skipped job's: the FINISHED run it matched
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -224,8 +227,9 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         records = read_job_records(sweep_dir)
-        FAILED_JOBS[:] = [r for r in records if r.status != "FINISHED"]
-        finished = [r for r in records if r.status == "FINISHED"]
+        FAILED_JOBS[:] = [r for r in records if r.status not in DONE]
+        finished = [r for r in records if r.status in DONE]
+        skipped = [r for r in records if r.status == "SKIPPED"]
         if sweep_id(sweep_dir) not in _PARENTS:
             _print_summary(records, None, None)
             return
@@ -242,6 +246,10 @@ class SweepCallback(Callback):
             uri, experiment, parent_id, expected=sum(r.tracked for r in records)
         )
         run_ids = {run.data.tags.get(reader.JOB): run.info.run_id for run in runs}
+        # A skipped job's run is the FINISHED run it matched (of an earlier sweep): listed too.
+        earlier = sorted({r.run_id for r in skipped if r.run_id} - {r.info.run_id for r in runs})
+        if earlier:
+            runs += reader.find_runs(uri, experiment, run_ids=earlier)
         if runs:
             table = reader.runs_table(runs)
             table_text = reader.format_table(table)
@@ -260,9 +268,10 @@ class SweepCallback(Callback):
         tags = {
             "looplab.jobs_finished": str(len(finished)),
             "looplab.jobs_failed": str(len(FAILED_JOBS)),
+            "looplab.jobs_skipped": str(len(skipped)),
         }
         if best is not None:
-            tags["looplab.best_run_id"] = run_ids.get(str(best.num), "")
+            tags["looplab.best_run_id"] = best.run_id or run_ids.get(str(best.num), "")
             tags["looplab.best_job"] = str(best.num)
             tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
         status = "FINISHED" if not FAILED_JOBS else "FAILED"
@@ -280,11 +289,14 @@ def _job_part(config: DictConfig) -> DictConfig:
 
 def _print_summary(records: list[JobRecord], table: str | None, parent_id: str | None) -> None:
     """The runs table, then one line: how many jobs finished, which failed, where to look."""
-    done = sum(r.status == "FINISHED" for r in records)
-    failed = [r for r in records if r.status != "FINISHED"]
+    done = sum(r.status in DONE for r in records)
+    failed = [r for r in records if r.status not in DONE]
+    skipped = sum(r.status == "SKIPPED" for r in records)
     if table:
         print(table)
     line = f"sweep: {done} of {len(records)} jobs finished"
+    if skipped:
+        line += f" ({skipped} skipped: FINISHED before, tracking.skip_finished=true)"
     if failed:
         line += "; failed: " + ", ".join(f"#{r.num} {r.name}" for r in failed)
     if parent_id:

@@ -17,6 +17,7 @@ what is allowed. A user who sets HYDRA_FULL_ERROR=1 gets the full traceback inst
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -61,6 +62,9 @@ register()
 USER_FULL_ERROR = "LOOPLAB_FULL_ERROR"
 # What Hydra writes into a job's folder before the job runs; nothing else is ever removed.
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+# Tags for the run, as a JSON object, set by `looplab reproduce` for the run it starts.
+RUN_TAGS_VARIABLE = "LOOPLAB_RUN_TAGS"
+ASKED_NAME = "mlflow.runName"  # among those tags: the run's name
 
 
 def _fail(message: str, exit_code: int = EXIT_FAILED) -> NoReturn:
@@ -78,7 +82,7 @@ def _discard_unstarted(output_dir: Path, job_name: str) -> None:
     outputs = Path.cwd().resolve() / "outputs"
     if outputs not in output_dir.resolve().parents or (output_dir / "metrics.csv").exists():
         return
-    for name in (*HYDRA_FILES, f"{job_name}.log", "config.yaml"):
+    for name in (*HYDRA_FILES, f"{job_name}.log", "config.yaml", "preprocessing.json"):
         with contextlib.suppress(OSError):
             (output_dir / name).unlink()
     with contextlib.suppress(OSError):
@@ -196,6 +200,12 @@ def train_job(cfg: DictConfig) -> float:
             console = ConsoleReport(
                 train.epochs, train.print_style, train.print_every, prefix=job.prefix
             )
+        tags |= recorded_choices(hydra_config) | requested_tags()
+        name = tags.pop(ASKED_NAME, name)
+        if plain.tracking.skip_finished and tracker is not None:
+            skipped = skip_if_finished(plain, tracker, job, name)
+            if skipped is not None:
+                return skipped
         result = execute(
             plain,
             output_dir,
@@ -232,6 +242,65 @@ def train_job(cfg: DictConfig) -> float:
     if result.error:  # a diverged job in a sweep: reported, and the sweep goes on
         print(f"looplab-train: job {job.num if job else 0}: {result.error}", file=sys.stderr)
     return result.objective
+
+
+def recorded_choices(hydra_config: DictConfig) -> dict[str, str]:
+    """The overrides as typed and the group choices, as tags: how the run was asked for."""
+    choices = {
+        str(group): str(choice)
+        for group, choice in hydra_config.runtime.choices.items()
+        if not str(group).startswith("hydra/") and choice is not None
+    }
+    return {
+        "looplab.overrides": json.dumps(list(hydra_config.overrides.task)),
+        "looplab.choices": json.dumps(choices, sort_keys=True),
+    }
+
+
+def requested_tags() -> dict[str, str]:
+    """Tags that `looplab reproduce` asks for (`looplab.reproduced_from`, ..., and the run's
+    name), from the environment of the run it starts; only `looplab.*` tags are taken."""
+    text = os.environ.get(RUN_TAGS_VARIABLE)
+    if not text:
+        return {}
+    try:
+        asked = json.loads(text)
+    except json.JSONDecodeError:
+        _fail(f"{RUN_TAGS_VARIABLE} is not a JSON object of tags")
+    if not isinstance(asked, dict):
+        _fail(f"{RUN_TAGS_VARIABLE} is not a JSON object of tags")
+    return {
+        str(k): str(v)
+        for k, v in asked.items()
+        if str(k).startswith("looplab.") or str(k) == ASKED_NAME
+    }
+
+
+def skip_if_finished(
+    plain: DictConfig, tracker: Tracker, job: SweepJob | None, name: str
+) -> float | None:
+    """With `tracking.skip_finished=true`: when a FINISHED run of the experiment trained the
+    same config (less where it is recorded) on the same data (by digest), say so, record the
+    job as SKIPPED and return that run's final val_loss; else None, and the job trains.
+
+    The data digest is of the table as loaded, so a changed CSV trains again.
+    """
+    from looplab.config import identity
+    from looplab.run import describe_data
+
+    digest = describe_data(plain).digest
+    run_id, val_loss = tracker.find_finished(identity(plain), digest)
+    if run_id is None:
+        return None
+    prefix = job.prefix if job is not None else ""
+    print(
+        f"{prefix}{name}: skipped, already FINISHED as MLflow run {run_id} (same config and data)"
+    )
+    if job is not None:
+        metrics = {"val_loss": val_loss} if math.isfinite(val_loss) else {}
+        job.record(name, "SKIPPED", run_id=run_id, metrics=metrics)
+    tracker.release()
+    return val_loss if math.isfinite(val_loss) else math.inf
 
 
 def _job_failed(

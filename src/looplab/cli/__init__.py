@@ -3,8 +3,11 @@
     looplab runs --last                   # the newest sweep's jobs, one row each
     looplab plot --last --metric val_loss --out val_loss.png
     looplab ui                            # MLflow's UI on the runs view of the experiment
+    looplab reproduce RUN_ID              # run it again from the store, checked epoch by epoch
+    looplab diff RUN_A RUN_B              # what differs between two runs
 
-One module per family of verbs (`compare`: runs, plot; `ui`: ui); each adds its subcommands
+One module per family of verbs (`compare`: runs, plot; `ui`: ui; `reproduce`: reproduce,
+diff); each adds its subcommands
 and a function to run them. MLflow is read only through `looplab.tracking.reader`, imported
 when a command runs, so that `looplab --help` answers at once. Errors the user can fix are one
 `looplab: error: ...` line and exit code 1.
@@ -39,16 +42,17 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from looplab.cli import compare, ui
+    from looplab.cli import compare, reproduce, ui
 
     parser = argparse.ArgumentParser(
         prog="looplab",
-        description="Compare and browse the runs looplab-train recorded in MLflow.",
+        description="Compare, browse and reproduce the runs looplab-train recorded in MLflow.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_options()
     compare.add_commands(commands, common)
     ui.add_commands(commands, common)
+    reproduce.add_commands(commands, common)
     return parser
 
 

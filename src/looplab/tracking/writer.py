@@ -184,8 +184,12 @@ class Tracker:
         artifacts: list[tuple[Path, str | None]],
         wait: bool = True,
         start_time_ms: int | None = None,
+        inputs: list[dict[str, str]] | None = None,
     ) -> str | None:
         """Create the run with its params, tags and start-up artifacts; return its id.
+
+        `inputs` are MLflow dataset inputs (name, digest, source_type, source, schema,
+        profile, context), logged with `log_inputs` so the UI's Dataset column shows them.
 
         With `wait=False` training goes on while the writer creates the run (tens of
         milliseconds per run, a sweep job's largest cost); the id is read in `finish`.
@@ -193,12 +197,21 @@ class Tracker:
         self._ensure_open()
         files = [(str(path), artifact_path) for path, artifact_path in artifacts]
         started = start_time_ms or int(time.time() * 1000)
-        self._send(("start", run_name, params, tags, files, started))
+        message = ("start", run_name, params, tags, files, started)
+        self._send(message + ((inputs,) if inputs else ()))
         self.start_pending = True
         self.runs_started += 1
         if wait:
             self._read_start()
         return self.run_id
+
+    def find_finished(self, config_digest: str, data_digest: str) -> tuple[str | None, float]:
+        """A FINISHED run of this experiment with the same config identity and data digest,
+        and its final val_loss (NaN when it has none); (None, NaN) when there is none."""
+        self._ensure_open()
+        self._send(("find_finished", config_digest, data_digest))
+        _, run_id, val_loss = self._receive(CONNECT_TIMEOUT_SECONDS, "finding finished runs")
+        return run_id, val_loss
 
     def _read_start(self) -> None:
         if self.start_pending:
@@ -289,6 +302,14 @@ class Tracker:
         warning = self.settle()
         return f"MLflow run {self.finished_run_id}: {warning}" if warning else None
 
+    def release(self) -> None:
+        """No run was started (a skipped job): keep the writer for this process's next run."""
+        if self.process.poll() is None and not self.start_pending and self.run_id is None:
+            self.idle = True
+            _IDLE[(self.uri, self.experiment)] = self
+        else:
+            self.close()
+
     def close(self) -> None:
         """Stop the writer unless it waits for the next run; a run it still holds is ended
         as KILLED by the writer."""
@@ -370,6 +391,7 @@ class _Writer:
         tags: dict[str, str],
         files,
         start_time_ms: int | None = None,
+        inputs: list[dict[str, str]] | None = None,
     ) -> None:
         if self.open_error:
             self.send("error", self.open_error)
@@ -377,7 +399,8 @@ class _Writer:
         from mlflow.entities import Param
 
         try:
-            tags = {**_source_tags(), **tags}
+            source_tags, git_diff = _source_tags()
+            tags = {**source_tags, **tags}
             run = self.client.create_run(
                 self.experiment_id, start_time=start_time_ms, run_name=run_name, tags=tags
             )
@@ -388,6 +411,10 @@ class _Writer:
                     self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH]
                 )
             self._log_artifacts(files)
+            if git_diff:
+                self.client.log_text(self.run_id, git_diff, "git.diff")
+            if inputs:
+                self._log_inputs(inputs)
         except Exception as error:
             if self.run_id:
                 self._terminate("FAILED")
@@ -395,6 +422,54 @@ class _Writer:
             self.send("error", f"cannot start an MLflow run: {_first_line(error)}")
             return
         self.send("started", self.run_id, self.experiment_id)
+
+    def _log_inputs(self, inputs: list[dict[str, str]]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client.log_inputs(
+            self.run_id,
+            datasets=[
+                DatasetInput(
+                    Dataset(
+                        item["name"],
+                        item["digest"],
+                        item["source_type"],
+                        item["source"],
+                        schema=item.get("schema"),
+                        profile=item.get("profile"),
+                    ),
+                    tags=[InputTag("mlflow.data.context", item.get("context", "training"))],
+                )
+                for item in inputs
+            ],
+        )
+
+    def find_finished(self, config_digest: str, data_digest: str) -> None:
+        """Reply with a FINISHED run of the experiment that trained the same config on the
+        same data (the newest), and its final val_loss."""
+        if self.open_error:
+            self.send("error", self.open_error)
+            return
+        try:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=(
+                    f"tags.`looplab.config_digest` = '{config_digest}' and "
+                    f"tags.`looplab.data.digest` = '{data_digest}' and "
+                    "attributes.status = 'FINISHED'"
+                ),
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        except Exception as error:
+            self.send("error", f"cannot search the MLflow store: {_first_line(error)}")
+            return
+        if not found:
+            self.send("finished", None, float("nan"))
+            return
+        self.send(
+            "finished", found[0].info.run_id, found[0].data.metrics.get("val_loss", float("nan"))
+        )
 
     def metrics(self, epochs: list[tuple[int, int, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
@@ -477,23 +552,31 @@ class _Writer:
 
 
 @functools.cache
-def _source_tags() -> dict[str, str]:
-    """The tags MLflow's own `start_run` would set: user, and the git commit of the launch dir.
+def _source_tags() -> tuple[dict[str, str], str]:
+    """The tags MLflow's own `start_run` would set (user, the git commit of the launch dir),
+    whether the git tree was dirty (`looplab.git.dirty`), and then its diff, else "".
 
     Asked once per writer: the jobs of a sweep that share a writer share a launch directory.
     """
     import getpass
 
     tags = {"mlflow.user": getpass.getuser(), "mlflow.source.type": "LOCAL"}
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return tags
-    if commit.returncode == 0:
-        tags["mlflow.source.git.commit"] = commit.stdout.strip()
-    return tags
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return tags, ""
+    tags["mlflow.source.git.commit"] = commit.strip()
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    dirty = bool(changed and changed.strip())
+    tags["looplab.git.dirty"] = str(dirty).lower()
+    return tags, (git("diff", "HEAD") or "") if dirty else ""
 
 
 def _first_line(error: BaseException) -> str:
@@ -542,6 +625,8 @@ def writer_main() -> None:
             writer.start(*args)
         elif kind == "find_sweep":
             writer.find_sweep(*args)
+        elif kind == "find_finished":
+            writer.find_finished(*args)
         elif kind == "end":
             if not writer.end(*args):
                 break

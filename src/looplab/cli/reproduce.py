@@ -1,0 +1,441 @@
+"""`looplab reproduce` and `looplab diff`: run a recorded run again and check it, or compare two.
+
+    looplab reproduce RUN_ID                    # the same config again; exit 0 when every
+                                                # epoch of every metric is bitwise the same
+    looplab reproduce RUN_ID --tolerance 1e-6   # relative, for runs across devices
+    looplab reproduce RUN_ID train.lr=0.05      # a derived run: changed, not compared
+    looplab diff RUN_A RUN_B                    # what differs, and nothing else
+
+The config comes from the run's `config.yaml` artifact in the store, read as plain YAML and
+checked against the schema (`config.from_record`), never from local files. The new run is
+trained by `looplab-train` in a child process, exactly as a user's run, tagged
+`looplab.reproduced_from` (or `looplab.derived_from`) through the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from looplab.errors import EXIT_FAILED, TrackingError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from omegaconf import DictConfig
+
+REPRODUCED_FROM, DERIVED_FROM, REPRODUCTION = (
+    "looplab.reproduced_from",
+    "looplab.derived_from",
+    "looplab.reproduction",
+)
+# How many differing metrics the mismatch table shows.
+MAX_ROWS = 12
+# Params that say where a run is recorded, not what it is: never a difference.
+WHERE_PARAMS = ("tracking.uri",)
+# Params that repeat a group's `.name` param: shown once, as `update.name`.
+ALIASES = ("dataset", "update", "device")
+# Tags that explain why two runs' numbers differ, in the order they are shown.
+RECORDED_TAGS = (
+    "looplab.version.python",
+    "looplab.version.torch",
+    "looplab.version.mlflow",
+    "looplab.version.hydra",
+    "looplab.version.looplab",
+    "looplab.platform",
+    "mlflow.source.git.commit",
+    "looplab.git.dirty",
+    "looplab.data.digest",
+    "looplab.data.sha256",
+    "looplab.device",
+)
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    reproduce = commands.add_parser(
+        "reproduce",
+        parents=[common],
+        help="run a recorded run again from the store and check it epoch by epoch",
+        description="Read RUN_ID's config from the MLflow store alone, train it again as a new "
+        "run tagged looplab.reproduced_from=RUN_ID, and compare every metric at every epoch. "
+        "Exit 0 when the histories are identical (within --tolerance), 1 otherwise, with the "
+        "first epochs that differ and the recorded differences that explain it. With "
+        "key=value changes, the new run is tagged looplab.derived_from=RUN_ID and not compared.",
+    )
+    reproduce.add_argument("run_id", metavar="RUN_ID")
+    reproduce.add_argument(
+        "changes", nargs="*", metavar="key=value", help="changes: a derived run, not compared"
+    )
+    reproduce.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=0.0,
+        metavar="REL",
+        help="largest relative difference taken as equal (default: 0, bitwise)",
+    )
+    reproduce.set_defaults(run=reproduce_command)
+
+    diff = commands.add_parser(
+        "diff",
+        parents=[common],
+        help="what differs between two runs: config, choices, versions, data, metrics",
+        description="One table of what differs between two runs: config values, group "
+        "choices, versions, commit and dirty state, data digest, device and threads, then "
+        "the final and best value of each metric. What is the same is not printed.",
+    )
+    diff.add_argument("run_a", metavar="RUN_A")
+    diff.add_argument("run_b", metavar="RUN_B")
+    diff.set_defaults(run=diff_command)
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: it must be >= 0")
+    return value
+
+
+# --- reproduce ---------------------------------------------------------------------------------
+
+
+def reproduce_command(args: argparse.Namespace) -> int:
+    from looplab.config import from_record, register, with_overrides
+    from looplab.tracking import records
+
+    register()
+    uri, experiment = args.tracking_uri, args.experiment
+    original = records.get_run(uri, experiment, args.run_id)
+    _check_reproducible(original, compared=not args.changes)
+    recorded = from_record(records.config_text(uri, original), f"config.yaml of run {args.run_id}")
+    edited = edited_keys(original, recorded)
+    cfg = with_overrides(recorded, list(args.changes)) if args.changes else recorded
+    tag = DERIVED_FROM if args.changes else REPRODUCED_FROM
+    name = original.info.run_name or args.run_id
+    name = f"{name} {' '.join(args.changes)}" if args.changes else f"{name} (reproduced)"
+    tags = {tag: args.run_id, "mlflow.runName": name, **asked_for(original, args.changes)}
+    exit_code, new = _train(cfg, uri, experiment, tags)
+    if new is None:
+        raise TrackingError(
+            f"the rerun of {args.run_id} did not start (looplab-train exited {exit_code}; "
+            "see its message above)"
+        )
+    print()
+    if args.changes:
+        print(
+            f"derived run {new.info.run_id} from {args.run_id} ({' '.join(args.changes)}): "
+            f"{new.info.status}; not compared (it was changed)"
+        )
+        return exit_code
+    reproduced = records.histories(uri, new)
+    differences = compare_histories(records.histories(uri, original), reproduced, args.tolerance)
+    epochs = max((len(points) for points in reproduced.values()), default=0)
+    print(report(original, new, differences, edited, args.tolerance, epochs))
+    return EXIT_FAILED if differences or new.info.status != original.info.status else 0
+
+
+def asked_for(run: Run, changes: list[str]) -> dict[str, str]:
+    """The rerun's overrides and group choices: the original's, with the changes on top (the
+    rerun's own Hydra sees only a finished config, with no groups to choose)."""
+    from looplab.config import config_dir
+
+    try:
+        overrides = json.loads(run.data.tags.get("looplab.overrides", "[]"))
+    except json.JSONDecodeError:
+        overrides = []
+    choices = _choices(run)
+    for line in changes:
+        key, _, value = line.partition("=")
+        if "." not in key and (config_dir() / key).is_dir():
+            choices[key] = value
+    return {
+        "looplab.overrides": json.dumps([*overrides, *changes]),
+        "looplab.choices": json.dumps(choices, sort_keys=True),
+    }
+
+
+def _check_reproducible(run: Run, compared: bool) -> None:
+    """A sweep's parent trains nothing; a run still going (or stopped) has no whole history."""
+    run_id = run.info.run_id
+    if run.data.tags.get("looplab.role") == "sweep":
+        raise TrackingError(
+            f"run {run_id} is a sweep's parent, which trains nothing: reproduce one of its "
+            f"jobs (looplab runs --sweep {run_id} lists them)"
+        )
+    if compared and run.info.status not in ("FINISHED", "FAILED"):
+        raise TrackingError(
+            f"run {run_id} is {run.info.status}: its history is not complete, so there is "
+            "nothing to compare with (key=value changes start a derived run from it)"
+        )
+
+
+def edited_keys(run: Run, cfg: DictConfig) -> list[tuple[str, str, str]]:
+    """(key, the run's param, its config.yaml's value) wherever the two disagree: the config
+    artifact was changed in the store after the run recorded its params."""
+    from looplab.config import params
+
+    logged = run.data.params
+    return [
+        (key, logged[key], value)
+        for key, value in params(cfg).items()
+        if key in logged
+        and key not in WHERE_PARAMS
+        and not key.startswith("tracking.")
+        and logged[key] != value
+    ]
+
+
+def _quoted(value: str) -> str:
+    """A value for Hydra's command line, quoted so that any character survives."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _train(
+    cfg: DictConfig, uri: str, experiment: str, tags: dict[str, str]
+) -> tuple[int, Run | None]:
+    """Train `cfg` with `looplab-train` in a child process, recorded in `uri`/`experiment`;
+    its exit code and its new run (None when it never started one)."""
+    from looplab.config import rerunnable
+    from looplab.tracking import records
+
+    nonce = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "LOOPLAB_RUN_TAGS": json.dumps({**tags, REPRODUCTION: nonce}),
+    }
+    with tempfile.TemporaryDirectory(prefix="looplab-reproduce-") as folder:
+        (Path(folder) / "config.yaml").write_text(rerunnable(cfg), encoding="utf-8")
+        command = [
+            sys.executable,
+            "-m",
+            "looplab.train",
+            "--config-dir",
+            folder,
+            "--config-name",
+            "config",
+            "tracking.enabled=true",
+            f"tracking.uri={_quoted(uri)}",
+            f"tracking.experiment={_quoted(experiment)}",
+            "tracking.skip_finished=false",  # it would find the very run it reproduces
+        ]
+        sys.stdout.flush()
+        exit_code = subprocess.run(command, env=env, check=False).returncode
+    return exit_code, records.find_tagged(uri, experiment, REPRODUCTION, nonce)
+
+
+@dataclass
+class Difference:
+    """The first epoch at which one metric differs between two histories."""
+
+    metric: str
+    epoch: int | None  # None: one run lacks the metric altogether
+    original: float
+    reproduced: float
+    epochs_differing: int
+    note: str = ""
+
+    @property
+    def relative(self) -> float:
+        return relative_difference(self.original, self.reproduced)
+
+
+def relative_difference(a: float, b: float) -> float:
+    """|a - b| relative to the larger magnitude; 0 for equal values (NaN equals NaN), inf when
+    one is not finite and the other differs."""
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b))
+
+
+def compare_histories(
+    original: dict[str, list[tuple[int, float]]],
+    reproduced: dict[str, list[tuple[int, float]]],
+    tolerance: float = 0.0,
+) -> list[Difference]:
+    """Each metric whose per-epoch values differ (beyond `tolerance`, relative) between two
+    runs, at its first differing epoch; a metric or an epoch only one run has differs too."""
+    found = []
+    for metric in sorted(set(original) | set(reproduced)):
+        a, b = dict(original.get(metric, [])), dict(reproduced.get(metric, []))
+        if metric not in original or metric not in reproduced:
+            where = "the reproduction" if metric not in reproduced else "the original"
+            found.append(Difference(metric, None, math.nan, math.nan, 0, f"not logged by {where}"))
+            continue
+        differing = [
+            epoch
+            for epoch in sorted(set(a) | set(b))
+            if epoch not in a
+            or epoch not in b
+            or relative_difference(a[epoch], b[epoch]) > tolerance
+        ]
+        if differing:
+            first = differing[0]
+            note = ""
+            if first not in a or first not in b:
+                note = f"epochs: {len(a)} original, {len(b)} reproduction"
+            found.append(
+                Difference(
+                    metric,
+                    first,
+                    a.get(first, math.nan),
+                    b.get(first, math.nan),
+                    len(differing),
+                    note,
+                )
+            )
+    return found
+
+
+def report(
+    original: Run,
+    new: Run,
+    differences: list[Difference],
+    edited: list[tuple[str, str, str]],
+    tolerance: float,
+    epochs: int,
+) -> str:
+    """What `reproduce` prints at the end: the verdict, then the first differing epochs and
+    the recorded differences that explain them."""
+    old_id, new_id = original.info.run_id, new.info.run_id
+    lines = []
+    if edited:
+        shown = ", ".join(
+            f"{key}: params {logged}, config.yaml {value}" for key, logged, value in edited
+        )
+        lines.append(
+            f"warning: the config.yaml of run {old_id} in the store disagrees with the run's own "
+            f"params ({shown}): the artifact was changed after the run"
+        )
+    status = ""
+    if new.info.status != original.info.status:
+        status = f" (the original ended {original.info.status}, the reproduction {new.info.status})"
+    if not differences and not status:
+        how = (
+            "bitwise identical" if tolerance == 0 else f"identical within {tolerance:g} (relative)"
+        )
+        metrics = ", ".join(sorted(new.data.metrics))
+        lines.append(f"reproduced: run {new_id} is {how} to {old_id}: {epochs} epochs of {metrics}")
+        return "\n".join(lines)
+    lines.append(f"NOT reproduced: run {new_id} differs from {old_id}{status}")
+    if differences:
+        rows = [
+            ["metric", "first epoch", "original", "reproduction", "rel. diff", "epochs differing"]
+        ]
+        for item in differences[:MAX_ROWS]:
+            rows.append(
+                [
+                    item.metric,
+                    "" if item.epoch is None else str(item.epoch),
+                    _number(item.original),
+                    _number(item.reproduced),
+                    _number(item.relative, short=True) if item.epoch is not None else "",
+                    item.note or str(item.epochs_differing),
+                ]
+            )
+        lines.append(_table(rows))
+    explained = recorded_differences(original, new, metrics=False)
+    if explained:
+        lines.append("recorded differences:")
+        lines.append(_table([["what", "original", "reproduction"], *explained]))
+    else:
+        lines.append(
+            "no recorded difference explains it (same config, versions, data, device, threads)"
+        )
+    return "\n".join(lines)
+
+
+def _number(value: float, short: bool = False) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return f"{value:.2g}" if short else repr(float(value))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  "
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+# --- diff --------------------------------------------------------------------------------------
+
+
+def recorded_differences(a: Run, b: Run, metrics: bool = True) -> list[list[str]]:
+    """[what, A, B] for everything recorded that differs between two runs: config values,
+    group choices, versions, commit and dirty state, data, device and threads, then (with
+    `metrics`) each metric's final and best value. Nothing that is the same."""
+    rows: list[list[str]] = []
+    params_a, params_b = a.data.params, b.data.params
+    for key in sorted(set(params_a) | set(params_b)):
+        if key in WHERE_PARAMS or key in ALIASES:
+            continue
+        if params_a.get(key) != params_b.get(key):
+            rows.append([key, params_a.get(key, "-"), params_b.get(key, "-")])
+    shown_keys = {row[0] for row in rows}
+    choices_a, choices_b = _choices(a), _choices(b)
+    for group in sorted(set(choices_a) | set(choices_b)):
+        if f"{group}.name" in shown_keys:  # the same change, already a row
+            continue
+        if choices_a.get(group) != choices_b.get(group):
+            rows.append([f"choice: {group}", choices_a.get(group, "-"), choices_b.get(group, "-")])
+    tags_a, tags_b = a.data.tags, b.data.tags
+    for key in RECORDED_TAGS:
+        if tags_a.get(key) != tags_b.get(key):
+            rows.append([key.removeprefix("looplab."), tags_a.get(key, "-"), tags_b.get(key, "-")])
+    if metrics:
+        rows += _metric_rows(a, b)
+    return rows
+
+
+def _choices(run: Run) -> dict[str, str]:
+    try:
+        found = json.loads(run.data.tags.get("looplab.choices", "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _metric_rows(a: Run, b: Run) -> list[list[str]]:
+    from looplab.tracking import reader
+
+    rows = []
+    for metric in reader.metric_names([a, b]):
+        final_a, best_a = reader.final_and_best(reader.history(a, metric), metric)
+        final_b, best_b = reader.final_and_best(reader.history(b, metric), metric)
+        for what, x, y in (("final", final_a, final_b), ("best", best_a, best_b)):
+            if relative_difference(x, y) != 0:
+                rows.append([f"{what} {metric}", _number(x), _number(y)])
+    return rows
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    from looplab.tracking import records
+
+    uri, experiment = args.tracking_uri, args.experiment
+    run_a = records.get_run(uri, experiment, args.run_a)
+    run_b = records.get_run(uri, experiment, args.run_b)
+    rows = recorded_differences(run_a, run_b)
+    if not rows:
+        print(f"runs {args.run_a} and {args.run_b} recorded nothing that differs")
+        return 0
+    names = [
+        f"A {run_a.info.run_name or args.run_a}",
+        f"B {run_b.info.run_name or args.run_b}",
+    ]
+    print(_table([["what", *names], *rows]))
+    return 0

@@ -1,0 +1,77 @@
+"""A run's own records, read back: its config artifact, its tags, its per-epoch histories.
+
+For `looplab reproduce` and `looplab diff`. Like `reader`, it imports MLflow only inside
+functions and never creates anything. Artifacts are read as text and returned as text: nothing
+from the store is ever unpickled or imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from looplab.errors import TrackingError
+from looplab.tracking import reader
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+CONFIG_ARTIFACT = "config.yaml"
+
+
+def get_run(uri: str, experiment: str, run_id: str) -> Run:
+    """The run `run_id` of `experiment`; a TrackingError that says where it is otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = reader.client(uri)
+    exp_id = reader.experiment_id(uri, experiment)
+    try:
+        run = mlflow_client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"no run {run_id} in {uri}") from None
+    if run.info.experiment_id != exp_id:
+        other = reader._call(mlflow_client.get_experiment, run.info.experiment_id)
+        raise TrackingError(
+            f"run {run_id} is not in experiment {experiment!r}: it is in {other.name!r} "
+            f"(pass --experiment {other.name!r})"
+        )
+    return reader._remember([run], uri)[0]
+
+
+def config_text(uri: str, run: Run) -> str:
+    """The text of the run's `config.yaml` artifact, downloaded from the store."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = run.info.run_id
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory(prefix="looplab-config-") as folder:
+        try:
+            local = reader.client(uri).download_artifacts(run_id, CONFIG_ARTIFACT, folder)
+        except (MlflowException, OSError):
+            raise TrackingError(
+                f"run {run_id} has no {CONFIG_ARTIFACT} artifact: it was not made by "
+                "looplab-train, or its artifacts are gone"
+            ) from None
+        try:
+            return Path(local).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise TrackingError(f"cannot read {CONFIG_ARTIFACT} of run {run_id}: {error}") from None
+
+
+def histories(uri: str, run: Run) -> dict[str, list[tuple[int, float]]]:
+    """Every metric the run logged, each as (epoch, value) by epoch."""
+    return {name: reader.history(run, name, uri) for name in reader.metric_names([run])}
+
+
+def find_tagged(uri: str, experiment: str, key: str, value: str) -> Run | None:
+    """The newest run of `experiment` whose tag `key` is `value`, or None."""
+    found = reader._call(
+        reader.client(uri).search_runs,
+        [reader.experiment_id(uri, experiment)],
+        filter_string=f"tags.`{key}` = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return reader._remember(list(found), uri)[0] if found else None
