@@ -1,0 +1,161 @@
+"""Sweeps on other launchers, as a user types them: submitit (SLURM's code path, run on this
+machine by `submitit_local`) and Ray (a local Ray cluster that the launcher starts).
+
+Jobs run in processes the launching one did not fork itself: their parent run is found
+through the store, their records through the sweep folder, and their failures through what
+the launcher hands back. Each test skips, naming the extra, when its launcher is not
+installed (`make setup` leaves them out; `.ci/run` installs the slurm extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+from conftest import store_uri
+from test_sweep import sweep_runs
+
+pytestmark = pytest.mark.slow
+
+SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+RAY = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None
+needs_submitit = pytest.mark.skipif(
+    not SUBMITIT, reason="the slurm extra is not installed: pip install -e '.[slurm]'"
+)
+needs_ray = pytest.mark.skipif(
+    not RAY,
+    reason="the ray extra is not installed: make setup-ray (it needs cloudpickle<3, "
+    "which the pinned joblib 1.6.0 refuses; docs/scaling.md)",
+)
+LAUNCHERS = [
+    pytest.param(["hydra/launcher=submitit_local"], marks=needs_submitit, id="submitit_local"),
+    # One CPU per task: two tasks at once on a 2-core machine, as on the basic launcher.
+    pytest.param(["hydra/launcher=ray"], marks=needs_ray, id="ray"),
+]
+
+
+def default_threads() -> int:
+    """What `train.threads=null` gives a job that no launcher declared CPUs for."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_four_jobs_elsewhere_are_one_parent_with_four_children(run_cli, tmp_path, launcher) -> None:
+    """Faults: jobs in the launcher's processes not linked to the parent (the parent's id kept
+    in the launching process's memory), children missing or unnamed, the summary counting
+    nothing (job records not shared), the parent left without its counts."""
+    done = run_cli(
+        "-m",
+        *launcher,
+        "model.width=0,8",
+        "update=manual,sgd",
+        "train.epochs=3",
+        "train.print_every=0",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    client, parent, children = sweep_runs(store_uri(tmp_path))
+    assert parent.info.status == "FINISHED"
+    assert sorted(children) == [0, 1, 2, 3]
+    names = {num: run.info.run_name for num, run in children.items()}
+    assert names == {0: "width=0 manual", 1: "width=0 sgd", 2: "width=8 manual", 3: "width=8 sgd"}
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 3
+    tags = parent.data.tags
+    assert (tags["looplab.jobs_finished"], tags["looplab.jobs_failed"]) == ("4", "0")
+    assert "sweep: 4 of 4 jobs finished" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@needs_submitit
+def test_each_job_takes_as_many_threads_as_cpus_it_was_given(run_cli, tmp_path) -> None:
+    """Fault: `train.threads=null` ignores the launcher's cpus_per_task (a SLURM job with 4
+    CPUs trains on the login node's guess); an explicit train.threads no longer wins."""
+    given = default_threads() + 2  # never what the default would give
+    done = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        f"hydra.launcher.cpus_per_task={given}",
+        "train.threads=null,1",
+        "train.epochs=2",
+        "train.print_every=0",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    _, _, children = sweep_runs(store_uri(tmp_path))
+    threads = {num: run.data.params["torch.threads"] for num, run in children.items()}
+    assert threads == {0: str(given), 1: "1"}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_failing_job_elsewhere_fails_the_sweep_and_not_the_others(
+    run_cli, tmp_path, launcher
+) -> None:
+    """Faults: a job that diverges in the launcher's process stops the other jobs, or the
+    sweep exits 0 (its failure known only where the job ran), or the summary does not say
+    which job failed and why."""
+    done = run_cli(
+        "-m",
+        *launcher,
+        "dataset=diabetes",
+        "train.lr=0.05,1e10,0.1",
+        "train.epochs=5",
+        "train.print_every=0",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "looplab-train: error: 1 job(s) of the sweep failed: #1 lr=1e+10"
+    )
+    assert "failed: #1 lr=1e+10: training diverged" in done.stdout
+    _, parent, children = sweep_runs(store_uri(tmp_path))
+    assert {num: run.info.status for num, run in children.items()} == {
+        0: "FINISHED",
+        1: "FAILED",
+        2: "FINISHED",
+    }
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["looplab.jobs_finished"], parent.data.tags["looplab.jobs_failed"]) == (
+        "2",
+        "1",
+    )
+
+
+@needs_submitit
+def test_a_job_that_raises_elsewhere_is_counted_from_what_the_launcher_hands_back(
+    run_cli, tmp_path
+) -> None:
+    """Fault: the sweep trusts only the records jobs leave, so a job that raised (here with
+    HYDRA_FULL_ERROR=1, which lets a job's error out) and left none vanishes from the summary
+    and the sweep exits 0."""
+    (tmp_path / "ok.csv").write_text("a,b\n" + "".join(f"{i},{i % 2}\n" for i in range(12)))
+    done = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "dataset=csv",
+        "dataset.target=b",
+        "dataset.path=ok.csv,missing.csv",
+        "train.epochs=2",
+        "train.print_every=0",
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed: #1 path=missing.csv: DataError: CSV file not found: missing.csv" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        "looplab-train: error: 1 job(s) of the sweep failed: #1 path=missing.csv"
+    )
+    _, parent, children = sweep_runs(store_uri(tmp_path))
+    assert [run.info.status for run in children.values()] == ["FINISHED"]
+    assert parent.data.tags["looplab.jobs_failed"] == "1"
+
+
+@pytest.mark.skipif(RAY, reason="the ray extra is installed")
+def test_a_launcher_from_a_missing_extra_names_the_extra(run_cli, tmp_path) -> None:
+    """Fault: `hydra/launcher=ray` without the extra fails with Hydra's list of the launchers
+    it has, not with what to install."""
+    done = run_cli("-m", "hydra/launcher=ray", "train.epochs=1")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "looplab-train: error: hydra/launcher=ray needs the ray extra: make setup-ray "
+        "(docs/scaling.md)"
+    )
