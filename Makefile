@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 # every other pin stays. `rm .venv/.installed && make setup` puts the pinned pair back.
 setup-ray: setup
 	grep -vE '^(cloudpickle|joblib)==' constraints.txt > $(VENV)/constraints-ray.txt
-	PIP_CONSTRAINT=$(CURDIR)/$(VENV)/constraints-ray.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]' cloudpickle==2.2.1 joblib==1.5.3
+	PIP_CONSTRAINT=$(abspath $(VENV))/constraints-ray.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]' cloudpickle==2.2.1 joblib==1.5.3
 
 run: setup
 	$(BIN)/looplab-train $(ARGS)

@@ -51,7 +51,6 @@ def test_four_jobs_elsewhere_are_one_parent_with_four_children(run_cli, tmp_path
         "model.width=0,8",
         "update=manual,sgd",
         "train.epochs=3",
-        "train.print_every=0",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     client, parent, children = sweep_runs(store_uri(tmp_path))
@@ -67,6 +66,15 @@ def test_four_jobs_elsewhere_are_one_parent_with_four_children(run_cli, tmp_path
     assert (tags["looplab.jobs_finished"], tags["looplab.jobs_failed"]) == ("4", "0")
     assert "sweep: 4 of 4 jobs finished" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+    # Each job's lines, with its number, where the launcher puts a job's console: submitit's
+    # log files; Ray's forwarding to this console, whose folding of lines that differ only in
+    # numbers would keep one of "[job 0] Epoch: 3/3, Loss: 0.45" and "[job 1] Epoch: 3/3, ...".
+    (sweep_dir,) = list(tmp_path.glob("outputs/sweeps/*/*"))
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.out"))
+    console = logs if "submitit" in launcher[0] else done.stdout
+    for num, name in names.items():
+        assert f"[job {num}] Epoch: 3/3, Loss: " in console
+        assert f"[job {num}] {name}: FINISHED after 3 epochs" in console
 
 
 @needs_submitit
