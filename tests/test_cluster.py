@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
-from conftest import store_uri
+from conftest import CLI, store_uri
 from test_sweep import sweep_runs
 
 pytestmark = pytest.mark.slow
@@ -155,6 +159,63 @@ def test_a_job_that_raises_elsewhere_is_counted_from_what_the_launcher_hands_bac
     _, parent, children = sweep_runs(store_uri(tmp_path))
     assert [run.info.status for run in children.values()] == ["FINISHED"]
     assert parent.data.tags["looplab.jobs_failed"] == "1"
+
+
+def submitit_task_pids(job_id: str) -> list[int]:
+    """The processes that run submitit's local job `job_id` (its task, not its controller)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"SUBMITIT_LOCAL_JOB_ID={job_id}".encode() in environ and b"_submit" in command:
+            pids.append(int(proc.name))
+    return pids
+
+
+@needs_submitit
+def test_a_job_whose_process_dies_is_counted_and_its_run_not_left_running(tmp_path) -> None:
+    """Faults: a job killed where it runs (out of memory, a node lost: SIGKILL) makes the
+    launcher raise for the batch, and the sweep ends in a traceback, its parent never closed
+    and the summary never written; or the lost job is not counted and the sweep exits 0; or
+    the killed job's run stays RUNNING in the store."""
+    process = subprocess.Popen(
+        [CLI, "-m", "hydra/launcher=submitit_local", "train.epochs=2,100000", "seed=5"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        victims: list[int] = []
+        while not victims and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            for log in tmp_path.glob("outputs/sweeps/*/*/.submitit/*/*_log.out"):
+                if "[job 1] Epoch: 3/" in log.read_text():
+                    victims = submitit_task_pids(log.parent.name)
+        assert victims, "job 1 never got to its third epoch"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    assert "failed: #1 epochs=100000: the launcher reported it lost: " in stdout
+    assert stderr.strip().splitlines()[-1] == (
+        "looplab-train: error: 1 job(s) of the sweep failed: #1 epochs=100000"
+    )
+    _, parent, children = sweep_runs(store_uri(tmp_path))
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["looplab.jobs_failed"] == "1"
+    assert {num: run.info.status for num, run in children.items()} == {
+        0: "FINISHED",
+        1: "KILLED",
+    }
 
 
 @pytest.mark.skipif(RAY, reason="the ray extra is installed")

@@ -163,3 +163,28 @@ def test_threads_must_be_positive_or_null() -> None:
     with pytest.raises(ConfigError, match=r"train\.threads=0 is not allowed"):
         validate(plain_config(compose_raw("train.threads=0")))
     validate(plain_config(compose_raw("train.threads=1")))
+
+
+def test_the_slurm_launcher_config_composes_and_gives_its_cpus_to_torch() -> None:
+    """Faults: conf/hydra/launcher/slurm.yaml does not compose onto submitit's SLURM launcher
+    (a wrong defaults entry, a key submitit does not have), or the job does not read its
+    cpus_per_task for torch's threads."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip("the slurm extra is not installed: pip install -e '.[slurm]'")
+    from hydra import compose, initialize_config_dir
+
+    from looplab.config import config_dir
+    from looplab.train import launcher_cpus
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 60, 4)
+    assert launcher_cpus(cfg.hydra) == 4

@@ -344,29 +344,31 @@ class LaunchingSweeper(Sweeper):
         """
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        lost = None
         try:
             returns = list(self.launcher.launch(batch, initial_job_idx=first_num))
-        except Exception as error:  # e.g. submitit's FailedJobError, Ray's RayTaskError
-            lost = f"the launcher reported it lost: {_one_line(error)}"
+        except Exception as error:  # e.g. submitit's UncompletedJobError, Ray's RayTaskError
+            lost = f"the launcher reported it lost: {_one_line(error, lines=2)}"
             returns = [JobReturn(status=JobStatus.FAILED, _return_value=error)] * len(batch)
-        else:
-            lost = "it ended without a record"
         recorded = {record.num for record in read_job_records(sweep_dir)}
         for num, (overrides, ret) in enumerate(zip(batch, returns, strict=True), first_num):
             if num in recorded:
                 continue
             raised = getattr(ret, "_return_value", None)
-            if ret.status == JobStatus.FAILED and isinstance(raised, BaseException):
+            if lost:
+                message = lost
+            elif ret.status == JobStatus.FAILED and isinstance(raised, BaseException):
                 message = _one_line(raised)
             else:
-                message = lost
+                message = "it ended without leaving a record"
             name = job_name(list(overrides), self.swept_keys) or f"job {num}"
             print(f"looplab-train: job {num} {name}: failed: {message}", file=sys.stderr)
             JobRecord(num, name, "FAILED", error=message).write(sweep_dir)
         return returns
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+def _one_line(error: BaseException, lines: int = 1) -> str:
+    """An exception as one line: its type and the first line(s) of its message (submitit's
+    say which job in the first, and what happened to it in the second)."""
+    text = " ".join([line.strip() for line in str(error).splitlines() if line.strip()][:lines])
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
