@@ -188,3 +188,29 @@ def test_the_slurm_launcher_config_composes_and_gives_its_cpus_to_torch() -> Non
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 60, 4)
     assert launcher_cpus(cfg.hydra) == 4
+
+
+def test_the_ray_cluster_launcher_config_joins_a_running_cluster_with_its_cpus() -> None:
+    """Faults: conf/hydra/launcher/ray_cluster.yaml does not compose onto the Ray launcher, or
+    keeps the plugin's object-store size (Ray refuses it when joining a running cluster), or
+    the job does not read its num_cpus for torch's threads."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        pytest.skip("the ray extra is not installed: make setup-ray")
+    from hydra import compose, initialize_config_dir
+
+    from looplab.config import config_dir
+    from looplab.train import launcher_cpus
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=ray_cluster", "hydra.launcher.ray.remote.num_cpus=3"],
+            return_hydra_config=True,
+        )
+    ray = cfg.hydra.launcher.ray
+    assert cfg.hydra.launcher._target_.endswith("RayLauncher")
+    assert ray.init.address == "auto"
+    assert "object_store_memory" in ray.init and ray.init.object_store_memory is None
+    assert launcher_cpus(cfg.hydra) == 3

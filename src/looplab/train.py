@@ -101,6 +101,7 @@ LAUNCHER_EXTRAS = {
     "submitit_slurm": _SLURM,
     "slurm": _SLURM,
     "ray": ("ray", "make setup-ray"),
+    "ray_cluster": ("ray", "make setup-ray"),
 }
 
 _BASELINES: dict[str | None, DictConfig] = {}
