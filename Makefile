@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup run test test-fast ui bench lint lock clean
+.PHONY: setup setup-ray run test test-fast ui bench lint lock clean
 
 setup: $(STAMP)
 
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+# The ray extra (hydra/launcher=ray) in .venv. hydra-ray-launcher 1.2.2 needs cloudpickle<3,
+# which joblib 1.6.0 (pinned) refuses: joblib 1.5.3 and cloudpickle 2.2.1 replace them here,
+# every other pin stays. `rm .venv/.installed && make setup` puts the pinned pair back.
+setup-ray: setup
+	grep -vE '^(cloudpickle|joblib)==' constraints.txt > $(VENV)/constraints-ray.txt
+	PIP_CONSTRAINT=$(abspath $(VENV))/constraints-ray.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]' cloudpickle==2.2.1 joblib==1.5.3
 
 run: setup
 	$(BIN)/looplab-train $(ARGS)

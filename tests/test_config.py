@@ -7,6 +7,7 @@ import re
 import pytest
 from conftest import compose_raw
 from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
 from omegaconf.errors import ValidationError
 
 from looplab.config import config_dir, flatten, params, plain_config, run_name, validate
@@ -163,3 +164,52 @@ def test_threads_must_be_positive_or_null() -> None:
     with pytest.raises(ConfigError, match=r"train\.threads=0 is not allowed"):
         validate(plain_config(compose_raw("train.threads=0")))
     validate(plain_config(compose_raw("train.threads=1")))
+
+
+def compose_launcher(plugin: str, install: str, *overrides: str) -> DictConfig:
+    """The `hydra` node that `looplab-train OVERRIDES` runs with; skips without the plugin."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    if importlib.util.find_spec(f"hydra_plugins.{plugin}") is None:
+        pytest.skip(f"{plugin} is not installed: {install}")
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose("train", overrides=list(overrides), return_hydra_config=True).hydra
+
+
+def test_the_slurm_launcher_config_composes_and_gives_its_cpus_to_torch() -> None:
+    """Faults: conf/hydra/launcher/slurm.yaml does not compose onto submitit's SLURM launcher
+    (a wrong defaults entry, a key submitit does not have), or the job does not read its
+    cpus_per_task for torch's threads."""
+    from looplab.train import launcher_cpus
+
+    hydra_node = compose_launcher(
+        "hydra_submitit_launcher",
+        "pip install -e '.[slurm]'",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+    )
+    launcher = hydra_node.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 60, 4)
+    assert launcher_cpus(hydra_node) == 4
+
+
+def test_the_ray_cluster_launcher_config_joins_a_running_cluster_with_its_cpus() -> None:
+    """Faults: conf/hydra/launcher/ray_cluster.yaml does not compose onto the Ray launcher, or
+    keeps the plugin's object-store size (Ray refuses it when joining a running cluster), or
+    the job does not read its num_cpus for torch's threads."""
+    from looplab.train import launcher_cpus
+
+    hydra_node = compose_launcher(
+        "hydra_ray_launcher",
+        "make setup-ray",
+        "hydra/launcher=ray_cluster",
+        "hydra.launcher.ray.remote.num_cpus=3",
+    )
+    ray = hydra_node.launcher.ray
+    assert hydra_node.launcher._target_.endswith("RayLauncher")
+    assert ray.init.address == "auto"
+    assert "object_store_memory" in ray.init and ray.init.object_store_memory is None
+    assert launcher_cpus(hydra_node) == 3

@@ -103,3 +103,18 @@ def test_train_threads_reaches_torch(make_config, tmp_path) -> None:
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_follow_the_cpus_a_scheduler_gave(monkeypatch) -> None:
+    """Faults: SLURM_CPUS_PER_TASK ignored (a job under sbatch takes the node's cores less
+    one), a launcher's declared CPUs ignored, or either wins over an explicit train.threads."""
+    from looplab.run import torch_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    guess = torch_threads()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(guess + 3))
+    assert torch_threads() == guess + 3
+    assert torch_threads(given=guess + 5) == guess + 5  # submitit's cpus_per_task
+    assert torch_threads(given=0.5) == 1  # Ray's fractional num_cpus
+    assert torch_threads(2, given=guess + 5) == 2

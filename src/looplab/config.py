@@ -234,7 +234,7 @@ def validate(cfg: DictConfig) -> None:
         train.threads is None or train.threads >= 1,
         "train.threads",
         train.threads,
-        "it must be >= 1, or null for the cores this process may use, less one",
+        "it must be >= 1, or null for the CPUs the job was given",
     )
     _require(model.width >= 0, "model.width", model.width, "it must be >= 0 (0 = one neuron)")
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "it must be in [0, 2**32)")

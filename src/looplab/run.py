@@ -87,11 +87,13 @@ def execute(
     console: ConsoleReport | None = None,
     tags: dict[str, str] | None = None,
     defer_end: bool = False,
+    cpus: float | None = None,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
     `name` is the run's name (by default the data set's); `console` how epochs are shown
-    (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest.
+    (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest;
+    `cpus` the CPUs a launcher gave this job (see `torch_threads`).
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
@@ -107,22 +109,33 @@ def execute(
                 console,
                 tags or {},
                 defer_end,
+                cpus,
             )
     finally:
         if tracker is not None:
             tracker.close()
 
 
-def torch_threads(asked: int | None = None) -> int:
-    """Threads for torch's CPU kernels: `train.threads` when set; otherwise the cores this
-    process may use, less one for the MLflow writer and the rest of the machine. A launcher's
-    own limit wins over that guess (joblib sets OMP_NUM_THREADS in its workers).
+def torch_threads(asked: int | None = None, given: float | None = None) -> int:
+    """Threads for torch's CPU kernels: `train.threads` when set; otherwise the CPUs this job
+    was given, wherever a scheduler says so; otherwise the cores this process may use, less
+    one for the MLflow writer and the rest of the machine.
+
+    The CPUs given, in order: `given` (a launcher's declared CPUs per job, e.g. submitit's
+    `cpus_per_task`, which its local executor does not enforce), SLURM's
+    `SLURM_CPUS_PER_TASK` (a job under sbatch or srun), then `OMP_NUM_THREADS` (set per job by
+    joblib's workers, and by Ray to a task's `num_cpus`).
 
     Torch's default (every core) makes its threads spin against the writer or other jobs: on
     2 busy cores a small epoch was measured 10 to 300 times slower with 2 threads than with 1.
     """
     if asked is not None:
         return asked
+    if given:
+        return max(1, int(given))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) >= 1:
+        return int(slurm)
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -145,12 +158,13 @@ class Prepared:
     threads: int
 
 
-def prepare(cfg: DictConfig) -> Prepared:
+def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     """Set up one run from a plain config: threads, seed, device, data, model, update, loss.
 
     The CLI and `make bench` both call this, so the benchmark times exactly what a run trains.
+    `cpus`: the CPUs a launcher gave this job, for `torch_threads`.
     """
-    threads = torch_threads(cfg.train.threads)
+    threads = torch_threads(cfg.train.threads, cpus)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     dtype = getattr(torch, cfg.train.dtype)
@@ -208,9 +222,10 @@ def _execute(
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
     defer_end: bool,
+    cpus: float | None = None,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
-    ready = prepare(cfg)
+    ready = prepare(cfg, cpus)
     info = ready.split_info
     console = console or ConsoleReport(
         cfg.train.epochs, cfg.train.print_style, cfg.train.print_every

@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -242,9 +244,8 @@ class SweepCallback(Callback):
         table_text = None
         for warning in settle_idle():  # this process's jobs: their runs' ends are read here
             print(f"warning: {warning}", file=sys.stderr)
-        runs = reader.sweep_children(
-            uri, experiment, parent_id, expected=sum(r.tracked for r in records)
-        )
+        ended_jobs = {r.num for r in records if r.tracked}
+        runs = reader.sweep_children(uri, experiment, parent_id, ended_jobs)
         run_ids = {run.data.tags.get(reader.JOB): run.info.run_id for run in runs}
         # A skipped job's run is the FINISHED run it matched (of an earlier sweep): listed too.
         earlier = sorted({r.run_id for r in skipped if r.run_id} - {r.info.run_id for r in runs})
@@ -294,6 +295,8 @@ def _print_summary(records: list[JobRecord], table: str | None, parent_id: str |
     skipped = sum(r.status == "SKIPPED" for r in records)
     if table:
         print(table)
+    for record in failed:  # the reasons here too: a cluster's jobs print into their own logs
+        print(f"failed: #{record.num} {record.name}: {record.error or record.status}")
     line = f"sweep: {done} of {len(records)} jobs finished"
     if skipped:
         line += f" ({skipped} skipped: FINISHED before, tracking.skip_finished=true)"
@@ -330,11 +333,12 @@ def _short_number(value: str) -> str:
 
 class LaunchingSweeper(Sweeper):
     """What looplab's sweepers share: keep the config, and the launcher Hydra chose, to hand
-    each batch of jobs to."""
+    each batch of jobs to; and see that every job launched ends with a record."""
 
     def __init__(self) -> None:
         self.config: DictConfig | None = None
         self.launcher: Any = None
+        self.swept_keys: list[str] = []
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -343,3 +347,44 @@ class LaunchingSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+        self.swept_keys = enumerate_jobs(sweep_overrides(config))[1]
+
+    def launch(self, batch: Sequence[Sequence[str]], first_num: int) -> list[JobReturn]:
+        """Hand a batch of jobs to the launcher; every job of it ends with a record.
+
+        A job records how it ended itself, in the sweep folder, wherever it runs (another
+        process, another machine). One that could not (it raised, and Hydra hands the
+        exception back; or its process died, and submitit or Ray raise for the whole batch)
+        is recorded FAILED here, in the launching process, so that the summary and the exit
+        code count it, and the next batch still runs.
+        """
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        lost = None
+        try:
+            returns = list(self.launcher.launch(batch, initial_job_idx=first_num))
+        except Exception as error:  # e.g. submitit's UncompletedJobError, Ray's RayTaskError
+            lost = f"the launcher reported it lost: {_one_line(error, lines=2)}"
+            returns = [JobReturn(status=JobStatus.FAILED, _return_value=error)] * len(batch)
+        recorded = {record.num for record in read_job_records(sweep_dir)}
+        for num, (overrides, ret) in enumerate(zip(batch, returns, strict=True), first_num):
+            if num in recorded:
+                continue
+            raised = getattr(ret, "_return_value", None)
+            if lost:
+                message = lost
+            elif ret.status == JobStatus.FAILED and isinstance(raised, BaseException):
+                message = _one_line(raised)
+            else:
+                message = "it ended without leaving a record"
+            name = job_name(list(overrides), self.swept_keys) or f"job {num}"
+            print(f"looplab-train: job {num} {name}: failed: {message}", file=sys.stderr)
+            JobRecord(num, name, "FAILED", error=message).write(sweep_dir)
+        return returns
+
+
+def _one_line(error: BaseException, lines: int = 1) -> str:
+    """An exception as one line: its type and the first line(s) of its message (submitit's
+    say which job in the first, and what happened to it in the second)."""
+    text = " ".join([line.strip() for line in str(error).splitlines() if line.strip()][:lines])
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -31,7 +31,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -98,6 +98,16 @@ def _discard_unstarted(output_dir: Path, job_name: str) -> None:
         folder = folder.parent
 
 
+# Launchers that come with one of looplab's extras: the extra, and how to install it.
+_SLURM = ("slurm", "PIP_CONSTRAINT=constraints.txt .venv/bin/pip install -e '.[slurm]'")
+LAUNCHER_EXTRAS = {
+    "submitit_local": _SLURM,
+    "submitit_slurm": _SLURM,
+    "slurm": _SLURM,
+    "ray": ("ray", "make setup-ray"),
+    "ray_cluster": ("ray", "make setup-ray"),
+}
+
 _BASELINES: dict[str | None, DictConfig] = {}
 
 
@@ -162,6 +172,16 @@ class SweepJob:
         JobRecord(self.num, name, status, **details).write(self.sweep_dir)
 
 
+def launcher_cpus(hydra_config: DictConfig) -> float | None:
+    """The CPUs the chosen launcher declares for each job: submitit's `cpus_per_task`
+    (SLURM enforces it; submitit's local executor does not), Ray's `num_cpus` per task."""
+    for key in ("launcher.cpus_per_task", "launcher.ray.remote.num_cpus"):
+        value = OmegaConf.select(hydra_config, key, default=None)
+        if isinstance(value, int | float) and value > 0:
+            return value
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def train_job(cfg: DictConfig) -> float:
     """Run one job; return its final validation loss, the value sweepers minimise (+inf for
@@ -215,6 +235,7 @@ def train_job(cfg: DictConfig) -> float:
             console=console,
             tags=tags,
             defer_end=job is not None,
+            cpus=launcher_cpus(hydra_config),
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)
@@ -339,6 +360,9 @@ def describe(error: BaseException) -> str:
     """One line for a Hydra or OmegaConf error: the key, the bad value, what is allowed."""
     if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
         group, _, option = (error.missing_cfg_file or "").rpartition("/")
+        if group == "hydra/launcher" and option in LAUNCHER_EXTRAS:
+            extra, install = LAUNCHER_EXTRAS[option]
+            return f"hydra/launcher={option} needs the {extra} extra: {install} (docs/scaling.md)"
         if error.options:
             return f"{group}={option} is not an option; choose one of {', '.join(error.options)}"
         return f"{group}={option}: there is no config '{error.missing_cfg_file}'"
@@ -372,6 +396,9 @@ def main() -> None:
     os.environ[USER_FULL_ERROR] = "1" if wants_traceback else "0"  # seen by launcher workers
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we word the error below
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # hydra/launcher=ray: Ray folds lines that differ only in numbers ("[job 1] Epoch: 2/3"
+    # and "[job 3] Epoch: 2/3") into one; every job's lines are wanted.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from looplab import sweep
 
     try:

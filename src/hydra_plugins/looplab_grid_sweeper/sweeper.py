@@ -38,5 +38,5 @@ class LooplabGridSweeper(LaunchingSweeper):
         size = self.max_batch_size or len(overrides) or 1
         returns = []
         for start in range(0, len(overrides), size):
-            returns.extend(self.launcher.launch(overrides[start : start + size], start))
+            returns.extend(self.launch(overrides[start : start + size], start))
         return returns

@@ -109,7 +109,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                 tuple(fixed) + tuple(f"{key}={value}" for key, value in trial.params.items())
                 for trial in trials
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+            returns = self.launch(overrides, trials[0].number)
             for trial, job in zip(trials, returns, strict=True):
                 try:
                     value = float(job.return_value)

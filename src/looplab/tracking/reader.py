@@ -103,17 +103,18 @@ def find_runs(
 
 
 def sweep_children(
-    uri: str, experiment: str, parent_run_id: str, expected: int, timeout: float = 120.0
+    uri: str, experiment: str, parent_run_id: str, ended_jobs: set[int], timeout: float = 120.0
 ) -> list[Run]:
-    """A sweep's child runs, once `expected` of them are there and none is RUNNING (or
-    `timeout` has passed): each job's writer creates and ends its run while the next job
-    starts, in whatever process ran the job, so the last runs may land after the sweep's
-    last job has returned."""
+    """A sweep's child runs, once the run of every job in `ended_jobs` is there and no longer
+    RUNNING (or `timeout` has passed). Each job's writer creates and ends its run while the
+    next job starts, in whatever process ran the job, so the last runs may land after the
+    sweep's last job has returned. Jobs not in `ended_jobs` (lost with their process) are
+    not waited for."""
     deadline = time.monotonic() + timeout
     while True:
         runs = find_runs(uri, experiment, parent_run_id=parent_run_id)
-        running = [run for run in runs if run.info.status == "RUNNING"]
-        if (len(runs) >= expected and not running) or time.monotonic() > deadline:
+        ended = {run.data.tags.get(JOB) for run in runs if run.info.status != "RUNNING"}
+        if {str(num) for num in ended_jobs} <= ended or time.monotonic() > deadline:
             return runs
         time.sleep(0.05)
 
