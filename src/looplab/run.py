@@ -33,7 +33,7 @@ from looplab.errors import (
 from looplab.loop import EpochResult, fit
 from looplab.model import LossFn, build_model, loss_function, quality
 from looplab.reporting import ConsoleReport, MetricsCsv
-from looplab.tracking import Tracker, start_tracker
+from looplab.tracking import OfflineTracker, Tracker, start_tracker
 from looplab.update import Updater, build_update
 
 log = logging.getLogger("looplab")
@@ -80,7 +80,7 @@ def execute(
     cfg: DictConfig,
     output_dir: Path,
     hydra_dir: Path | None = None,
-    tracker: Tracker | None = None,
+    tracker: Tracker | OfflineTracker | None = None,
     name: str | None = None,
     console: ConsoleReport | None = None,
     tags: dict[str, str] | None = None,
@@ -196,7 +196,7 @@ def _execute(
     cfg: DictConfig,
     output_dir: Path,
     hydra_dir: Path | None,
-    tracker: Tracker | None,
+    tracker: Tracker | OfflineTracker | None,
     name: str,
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
@@ -236,7 +236,13 @@ def _execute(
             **extra_tags,
         }
         tracker.start_run(
-            name, run_params, tags, startup_files, wait=False, start_time_ms=started_ms
+            name,
+            run_params,
+            tags,
+            startup_files,
+            wait=False,
+            start_time_ms=started_ms,
+            record_dir=output_dir,
         )
 
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
@@ -284,6 +290,8 @@ def _execute(
         signal.signal(signal.SIGINT, signal.default_int_handler)
     result.seconds = time.monotonic() - started
     log.info(console.prefix + closing_line(result, output_dir, hint=not console.prefix))
+    if tracker is not None and tracker.note:  # a sweep's jobs: in train.log; the sweep says it
+        log.info(console.prefix + tracker.note, extra={"file_only": bool(console.prefix)})
     if failure is not None:
         raise failure
     return result
@@ -314,6 +322,8 @@ def _shown(path: Path) -> str:
 
 def print_warning(result: RunResult, output_dir: Path) -> None:
     """Tell the user what did not reach the store, and where the complete record is."""
-    if result.warning:
+    if result.warning and "looplab sync" in result.warning:
+        log.warning(f"warning: {result.warning}")
+    elif result.warning:
         where = output_dir / "metrics.csv"
         log.warning(f"warning: {result.warning}; the full history is in {where}")

@@ -201,7 +201,7 @@ class SweepCallback(Callback):
         if not settings.tracking.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        from looplab.tracking import Tracker
+        from looplab.tracking import OfflineTracker, Tracker
 
         swept_lines = [line for line in lines if line.split("=", 1)[0].lstrip("+~") in swept]
         name = "sweep: " + (" ".join(swept_lines) or f"{len(jobs)} job(s)")
@@ -214,12 +214,18 @@ class SweepCallback(Callback):
             "mlflow.source.name": "looplab-train -m",
         }
         params = {"sweep.overrides": " ".join(lines), "sweep.dir": str(sweep_dir)}
-        parent = Tracker(settings.tracking.uri, settings.tracking.experiment)
+        tracking = settings.tracking
+        parent: Tracker | OfflineTracker = (
+            OfflineTracker(tracking.uri, tracking.experiment)
+            if tracking.offline
+            else Tracker(tracking.uri, tracking.experiment, wait_s=tracking.wait_s)
+        )
         try:
-            _PARENTS[tags["looplab.sweep_id"]] = (parent, parent.start_run(name, params, tags, []))
+            parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
         except LooplabError as error:
             parent.stop()
             raise SweepRefused(str(error)) from None
+        _PARENTS[tags["looplab.sweep_id"]] = (parent, parent_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
@@ -236,7 +242,12 @@ class SweepCallback(Callback):
         uri, experiment = settings.tracking.uri, settings.tracking.experiment
         files: list[tuple[Path, str | None]] = []
         table_text = None
-        runs = reader.find_runs(uri, experiment, parent_run_id=parent_id)
+        runs = []
+        if parent_id is not None:  # offline, or a store that is away: no table, no curves
+            try:
+                runs = reader.find_runs(uri, experiment, parent_run_id=parent_id)
+            except LooplabError as error:
+                print(f"warning: no runs table for the sweep: {error}", file=sys.stderr)
         if runs:
             table = reader.runs_table(runs)
             table_text = reader.format_table(table)
@@ -266,6 +277,8 @@ class SweepCallback(Callback):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         _print_summary(records, table_text, parent_id)
+        if parent.note:
+            print(parent.note.replace("the run's record", "the sweep's records"))
 
 
 def _job_part(config: DictConfig) -> DictConfig:

@@ -53,7 +53,7 @@ from looplab.errors import (
     LooplabError,
     Terminated,
 )
-from looplab.tracking import Tracker, start_tracker
+from looplab.tracking import OfflineTracker, Tracker, start_tracker
 
 register()
 
@@ -120,7 +120,7 @@ class SweepJob:
     def prefix(self) -> str:
         return f"[job {self.num}] "
 
-    def name_and_tags(self, tracker: Tracker | None) -> tuple[str, dict[str, str]]:
+    def name_and_tags(self, tracker: Tracker | OfflineTracker | None) -> tuple[str, dict[str, str]]:
         """The child's name (what varies in its sweep) and its tags, the parent's id among
         them: looked up in the store by the sweep's id, wherever this job runs."""
         from looplab.sweep import job_name, sweep_id
@@ -132,7 +132,7 @@ class SweepJob:
         }
         parent_id, swept_keys = (None, [])
         if tracker is not None:
-            parent_id, swept_keys = tracker.find_sweep(tags["looplab.sweep_id"])
+            parent_id, swept_keys = tracker.find_sweep(tags["looplab.sweep_id"], self.sweep_dir)
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         return job_name(self.overrides, swept_keys), tags

@@ -3,8 +3,12 @@
     looplab runs --last                   # the newest sweep's jobs, one row each
     looplab plot --last --metric val_loss --out val_loss.png
     looplab ui                            # MLflow's UI on the runs view of the experiment
+    looplab runs --reap                   # runs whose machine died: marked KILLED
+    looplab sync outputs/runs/DATE/TIME   # an offline run (or one an outage missed) to a store
+    looplab server                        # MLflow's tracking server for tracking=server
 
-One module per family of verbs (`compare`: runs, plot; `ui`: ui); each adds its subcommands
+One module per family of verbs (`compare`: runs, plot; `ui`: ui; `sync`: sync; `server`:
+server); each adds its subcommands
 and a function to run them. MLflow is read only through `looplab.tracking.reader`, imported
 when a command runs, so that `looplab --help` answers at once. Errors the user can fix are one
 `looplab: error: ...` line and exit code 1.
@@ -39,16 +43,19 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from looplab.cli import compare, ui
+    from looplab.cli import compare, server, sync, ui
 
     parser = argparse.ArgumentParser(
         prog="looplab",
-        description="Compare and browse the runs looplab-train recorded in MLflow.",
+        description="Compare, browse and sync the runs looplab-train recorded in MLflow; "
+        "run a tracking server.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_options()
     compare.add_commands(commands, common)
     ui.add_commands(commands, common)
+    sync.add_commands(commands, common)
+    server.add_commands(commands, common)
     return parser
 
 
