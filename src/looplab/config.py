@@ -119,7 +119,7 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str | None = None
+    uri: str | None = MISSING  # conf/tracking/local.yaml: null (a local store); server: required
     experiment: str = "looplab"
     offline: bool = False  # no store: the run's whole record stays in its folder (looplab sync)
     wait_s: float = 60.0  # at a run's end, how long to wait for a store that is away

@@ -10,15 +10,20 @@ set-up behind a proxy. MLflow's job runner stays off unless `--jobs`. Ctrl-C sto
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from looplab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+START_TIMEOUT_SECONDS = 120.0
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -63,7 +68,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    from looplab.cli.ui import _check_port, _raise_terminated, _stop, _wait_until_healthy
+    from looplab.cli.ui import _check_port, _raise_terminated, _stop
     from looplab.server import server_args, server_env
 
     uri = args.backend_store_uri
@@ -73,13 +78,12 @@ def server_command(args: argparse.Namespace) -> int:
             "--app-name basic-auth and put a TLS proxy in front (docs/scaling.md)"
         )
     if uri.startswith("postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
+        driver = "psycopg2" if uri.startswith("postgresql+psycopg2") else "psycopg"
+        if importlib.util.find_spec(driver) is None:
             raise TrackingError(
-                "a PostgreSQL store needs psycopg2: pip install -e '.[server]' "
+                f"a PostgreSQL store needs the {driver} driver: pip install -e '.[server]' "
                 "(or pip install 'looplab[server]')"
-            ) from None
+            )
     elif uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     destination = args.artifacts_destination
@@ -102,7 +106,7 @@ def server_command(args: argparse.Namespace) -> int:
         command, env=server_env(jobs=args.jobs), stdin=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        _wait_until_healthy(url, server, Path("(the output above)"))
+        _wait_until_healthy(url, server)
         print(
             f"MLflow server on {url} (store {_shown(uri)}, artifacts {destination}); train "
             f"against it with: looplab-train tracking=server tracking.uri={url}",
@@ -121,6 +125,21 @@ def server_command(args: argparse.Namespace) -> int:
         _stop(server)
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def _wait_until_healthy(url: str, server: subprocess.Popen) -> None:
+    """Until /health answers; the server's own output (above) says why it did not."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while server.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2):
+            return
+        if time.monotonic() > deadline:
+            raise TrackingError(f"the MLflow server did not answer on {url} in time")
+        time.sleep(0.25)
+    raise TrackingError(
+        f"the MLflow server exited with code {server.returncode} before it answered "
+        "(its output above says why)"
+    )
 
 
 def _shown(uri: str) -> str:
