@@ -62,6 +62,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="an MLflow server app, e.g. basic-auth (users and permissions; see docs/scaling.md)",
     )
     server.add_argument(
+        "--allowed-hosts",
+        metavar="HOSTS",
+        help="host names the server answers to, comma-separated (the name behind your proxy, "
+        "e.g. mlflow.example.org); passed to mlflow server",
+    )
+    server.add_argument(
         "--jobs", action="store_true", help="run MLflow's job runner too (off by default)"
     )
     server.set_defaults(run=server_command)
@@ -98,6 +104,8 @@ def server_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         app_name=args.app_name,
     )
+    if args.allowed_hosts:
+        command += ["--allowed-hosts", args.allowed_hosts]
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     link_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
