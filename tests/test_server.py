@@ -126,6 +126,7 @@ def test_server_refuses_a_public_interface_without_authentication(capsys) -> Non
     assert len(error.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_tracking_server_without_a_uri_is_one_line(run_cli_fast) -> None:
     """Fault: `tracking=server` without tracking.uri trains into a local store, or crashes."""
     done = run_cli_fast("tracking=server", *QUICK)
@@ -217,3 +218,43 @@ def test_postgresql_backed_server_takes_a_run(tmp_path: Path) -> None:
         direct = MlflowClient(tracking_uri=database)
         (same,) = direct.search_runs([direct.get_experiment_by_name("looplab").experiment_id])
         assert same.info.run_id == run.info.run_id
+
+
+@pytest.mark.slow
+def test_basic_auth_server_as_docs_scaling_sets_it_up(tmp_path: Path, monkeypatch) -> None:
+    """Faults: `looplab server --app-name basic-auth` does not start (the auth app missing from
+    the `server` extra), the writer does not pass the user's MLFLOW_TRACKING_USERNAME and
+    PASSWORD on, or a run without them trains instead of failing in one line."""
+    from mlflow.tracking import MlflowClient
+
+    settings = tmp_path / "auth.ini"
+    settings.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    password = "a-long-test-password-2026"
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(settings))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", password)
+    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "test-secret")
+    with looplab_server(
+        tmp_path,
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+    ) as (url, _):
+        anonymous = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
+        assert anonymous.returncode == 1
+        (line,) = anonymous.stderr.strip().splitlines()
+        assert line.startswith("looplab-train: error: cannot use MLflow store"), line
+        assert "401" in line and "Epoch" not in anonymous.stdout
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        done = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
+        assert done.returncode == 0, done.stderr
+        client = MlflowClient(tracking_uri=url)
+        (run,) = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
+        check_run(client, run, 3)

@@ -78,7 +78,7 @@ def _discard_unstarted(output_dir: Path, job_name: str) -> None:
     outputs = Path.cwd().resolve() / "outputs"
     if outputs not in output_dir.resolve().parents or (output_dir / "metrics.csv").exists():
         return
-    for name in (*HYDRA_FILES, f"{job_name}.log", "config.yaml"):
+    for name in (*HYDRA_FILES, f"{job_name}.log", "config.yaml", "record.json"):
         with contextlib.suppress(OSError):
             (output_dir / name).unlink()
     with contextlib.suppress(OSError):

@@ -10,20 +10,16 @@ set-up behind a proxy. MLflow's job runner stays off unless `--jobs`. Ctrl-C sto
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from looplab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-START_TIMEOUT_SECONDS = 120.0
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -74,7 +70,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    from looplab.cli.ui import _check_port, _raise_terminated, _stop
+    from looplab.cli.ui import _check_port, _raise_terminated, _stop, _wait_until_healthy
     from looplab.server import server_args, server_env
 
     uri = args.backend_store_uri
@@ -133,21 +129,6 @@ def server_command(args: argparse.Namespace) -> int:
         _stop(server)
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
-
-
-def _wait_until_healthy(url: str, server: subprocess.Popen) -> None:
-    """Until /health answers; the server's own output (above) says why it did not."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while server.poll() is None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2):
-            return
-        if time.monotonic() > deadline:
-            raise TrackingError(f"the MLflow server did not answer on {url} in time")
-        time.sleep(0.25)
-    raise TrackingError(
-        f"the MLflow server exited with code {server.returncode} before it answered "
-        "(its output above says why)"
-    )
 
 
 def _shown(uri: str) -> str:

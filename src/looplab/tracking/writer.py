@@ -1,15 +1,19 @@
 """MLflow tracking, done by a writer process so that the training process never waits for it.
- `Tracker` lives in the training process and
-never imports MLflow: it buffers epoch results and pipes them, a few times a second, to a
-child process (`python -m looplab.tracking`) that owns the MLflow client, writes metrics
-with `log_batch`, and ends the run. MLflow's per-metric Python cost then runs on another
-core, and the child starts importing MLflow while the parent is still loading torch and data.
 
-Messages are pickled tuples on the child's stdin; replies come back on its stdout.
-If the training process dies without saying goodbye, the child sees end-of-file and marks
-the run KILLED, so no run is ever left RUNNING. A writer that ended its run cleanly waits for
-the next one: the jobs of a sweep that run in one process (Hydra's basic launcher, a joblib
-worker) share a writer and pay for MLflow's import once.
+`Tracker` lives in the training process and never imports MLflow: it buffers epoch results
+and pipes them, a few times a second, to a child process (`python -m looplab.tracking`) that
+owns the MLflow client, writes metrics with `log_batch`, and ends the run. MLflow's
+per-metric Python cost then runs on another core, and the child starts importing MLflow while
+the parent is still loading torch and data.
+
+Messages are pickled tuples on the child's stdin; replies come back on its stdout. The child
+keeps everything a run sends in one ordered queue until the store confirms it, retrying with
+backoff while the store is away; at the run's end it waits up to `tracking.wait_s`, and
+what it could not deliver stays in the run folder for `looplab sync` (see record.py). If the
+training process dies without saying goodbye, the child sees end-of-file and marks the run
+KILLED. A writer that ended its run cleanly waits for the next one: the jobs of a sweep that
+run in one process (Hydra's basic launcher, a joblib worker) share a writer and pay for
+MLflow's import once. `OfflineTracker` (tracking.offline=true) starts no writer at all.
 """
 
 from __future__ import annotations
