@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import store_uri
 
-pytestmark = pytest.mark.slow
-
 LOOPLAB = str(Path(sys.executable).parent / "looplab")
 OFFLINE = ["train.print_every=0", "tracking.offline=true"]
 
@@ -28,12 +26,36 @@ def sync(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def test_sync_refuses_what_it_cannot_send_in_one_line_each(tmp_path: Path, capsys) -> None:
+    """Faults: a folder with no record (or a run that has not ended) raises a traceback, stops
+    the other folders, exits 0, or creates a store before refusing."""
+    from looplab.cli import main
+    from looplab.tracking.record import RunRecord
+
+    running = tmp_path / "running"
+    RunRecord.new(
+        uri="sqlite:///unused", experiment="e", name="n", params={}, tags={}, start_time_ms=1
+    ).write(running)
+    store = tmp_path / "store.db"
+    code = main(
+        ["sync", str(tmp_path / "empty"), str(running), "--tracking-uri", f"sqlite:///{store}"]
+    )
+    assert code == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2, captured.err
+    assert lines[0].startswith("looplab: error: ") and "no record.json in it" in lines[0]
+    assert "running: the run has not ended" in lines[1]
+    assert not store.exists()
+
+
 def store_client(root: Path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=store_uri(root))
 
 
+@pytest.mark.slow
 def test_offline_run_then_two_syncs_make_one_complete_run(run_cli, tmp_path: Path) -> None:
     """Faults: an offline run opens or creates a store, its folder lacks part of its record
     (params, times, status, files), or a second sync duplicates the run or its epochs."""
@@ -70,6 +92,7 @@ def test_offline_run_then_two_syncs_make_one_complete_run(run_cli, tmp_path: Pat
     assert json.loads((folder / "record.json").read_text())["synced"]["run_id"] == run.info.run_id
 
 
+@pytest.mark.slow
 def test_offline_sweep_syncs_with_its_parent(run_cli, tmp_path: Path) -> None:
     """Faults: a sweep's jobs are synced without their parent (or not linked to it), or a
     job's folder synced alone makes a second parent."""

@@ -41,7 +41,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "--artifacts-destination",
         metavar="URI",
         default=str(Path("outputs/server/artifacts").resolve()),
-        help="where the server keeps the runs' files: a folder, s3://..., "
+        help="where the server keeps the runs' files: a folder or s3://... "
         "(default: ./outputs/server/artifacts)",
     )
     server.add_argument(

@@ -8,6 +8,7 @@ the same run, no duplicate epochs, however often it is run.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def sync_command(args: argparse.Namespace) -> int:
     for done, line in results:
         if done is None:
             failed += 1
-            print(f"looplab sync: error: {line}", flush=True)
+            print(f"looplab: error: {line}", file=sys.stderr, flush=True)
         else:
             print(line, flush=True)
     return 1 if failed else 0

@@ -70,6 +70,9 @@ def sync_folders(
         try:
             record = load_record(folder)
             for job_folder, job_record, parent_folder in _with_family(folder, record):
+                if job_record.status == "RUNNING":  # refused before any store is opened
+                    out.append((None, _not_ended(job_folder)))
+                    continue
                 target = uri or job_record.uri
                 exp = experiment or job_record.experiment
                 if (target, exp) not in stores:
@@ -137,10 +140,7 @@ def sync_record(
     from mlflow.entities import Metric, Param, RunTag
 
     if record.status == "RUNNING":
-        raise TrackingError(
-            f"{folder}: the run has not ended (it is still training, or its process was "
-            "killed before it could end it); nothing was sent"
-        )
+        raise TrackingError(_not_ended(folder))
     run = _find(client, exp_id, record.record_id)
     created = run is None
     tags = {**record.tags, RECORD_ID_TAG: record.record_id}
@@ -180,6 +180,13 @@ def sync_record(
     record.synced, record.pending = {"uri": uri, "run_id": run_id}, False
     record.write(folder)
     return Synced(folder, run_id, record.name, created, epochs_added, files_added, ended)
+
+
+def _not_ended(folder: Path) -> str:
+    return (
+        f"{folder}: the run has not ended (it is still training, or its process was killed "
+        "before it could end it); nothing was sent"
+    )
 
 
 def _find(client: Any, exp_id: str, record_id: str) -> Any:
