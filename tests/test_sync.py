@@ -26,6 +26,26 @@ def sync(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def test_tracking_offline_and_wait_s_reach_the_tracker(tmp_path: Path) -> None:
+    """Faults: tracking.offline=true still starts a writer (and opens a store), or
+    tracking.wait_s never reaches the writer's end-of-run wait; a negative wait passes."""
+    from conftest import compose_raw
+
+    from looplab.config import plain_config, validate
+    from looplab.errors import ConfigError
+    from looplab.tracking import OfflineTracker, Tracker, start_tracker
+
+    offline = start_tracker(plain_config(compose_raw(*OFFLINE), launch_dir=tmp_path))
+    assert isinstance(offline, OfflineTracker)
+    online = start_tracker(plain_config(compose_raw("tracking.wait_s=7"), launch_dir=tmp_path))
+    try:
+        assert isinstance(online, Tracker) and online.wait_s == 7
+    finally:
+        online.stop()
+    with pytest.raises(ConfigError, match=r"tracking\.wait_s=-1\.0 is not allowed"):
+        validate(plain_config(compose_raw("tracking.wait_s=-1"), launch_dir=tmp_path))
+
+
 def test_sync_refuses_what_it_cannot_send_in_one_line_each(tmp_path: Path, capsys) -> None:
     """Faults: a folder with no record (or a run that has not ended) raises a traceback, stops
     the other folders, exits 0, or creates a store before refusing."""
@@ -112,6 +132,12 @@ def test_offline_sweep_syncs_with_its_parent(run_cli, tmp_path: Path) -> None:
     assert sorted(r.info.run_name for r in children) == ["width=0", "width=2"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert parent.info.status == "FINISHED" and parent.data.tags["looplab.jobs_finished"] == "2"
+    best = [
+        r for r in children if r.data.tags["looplab.job"] == parent.data.tags["looplab.best_job"]
+    ]
+    assert parent.data.tags["looplab.best_run_id"] == best[0].info.run_id
+    names = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"runs.csv", "curves.png"} <= names, names
     for child in children:
         assert child.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss"))

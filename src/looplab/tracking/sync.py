@@ -86,9 +86,36 @@ def sync_folders(
                     out.append((done, done.line(target)))
                 except TrackingError as error:
                     out.append((None, str(error)))
+            if record.tags.get("looplab.role") == "sweep" and record.synced:
+                _complete_sweep(client, record.synced["run_id"], target, exp, folder)
         except TrackingError as error:
             out.append((None, str(error)))
     return out
+
+
+def _complete_sweep(client: Any, parent_id: str, uri: str, experiment: str, folder: Path) -> None:
+    """What an online sweep's parent gets at its end and an offline one could not: the best
+    child's run id, and the runs table and curves made from its children in the store."""
+    from looplab.tracking import reader
+
+    runs = reader.find_runs(uri, experiment, parent_run_id=parent_id)
+    if not runs:
+        return
+    parent = client.get_run(parent_id)
+    best_job = parent.data.tags.get("looplab.best_job")
+    best = [r for r in runs if r.data.tags.get("looplab.job") == best_job]
+    if best and parent.data.tags.get("looplab.best_run_id") != best[0].info.run_id:
+        client.set_tag(parent_id, "looplab.best_run_id", best[0].info.run_id)
+    have = {Path(f.path).name for f in client.list_artifacts(parent_id)}
+    if "runs.csv" not in have:
+        reader.write_table_csv(reader.runs_table(runs), folder / "runs.csv")
+        client.log_artifact(parent_id, str(folder / "runs.csv"))
+    if "curves.png" not in have:
+        try:
+            reader.plot_curves(runs, "train_loss", folder / "curves.png")
+        except TrackingError:  # no child got to its first epoch
+            return
+        client.log_artifact(parent_id, str(folder / "curves.png"))
 
 
 def _open(uri: str, experiment: str) -> tuple[Any, str]:
@@ -160,10 +187,11 @@ def sync_record(
     for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
     missing_tags = {**tags, **record.end_tags}
-    missing = [
+    missing = [  # an empty value (an offline sweep's best run id) never hides the store's
         RunTag(k, str(v)[:MAX_PARAM_LENGTH])
         for k, v in missing_tags.items()
         if run.data.tags.get(k) != str(v)[:MAX_PARAM_LENGTH]
+        and not (v == "" and k in run.data.tags)
     ]
     if missing:
         client.log_batch(run_id, tags=missing)
