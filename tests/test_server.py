@@ -80,20 +80,45 @@ def check_run(client, run, epochs: int) -> None:
 
 
 @pytest.mark.slow
-def test_looplab_server_takes_a_training_and_a_sweep(tmp_path: Path) -> None:
+def test_looplab_server_with_basic_auth_takes_a_training_and_a_sweep(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Faults: `looplab server` does not serve artifacts through itself (runs would get file:
-    URIs the clients cannot reach), tracking=server does not reach tracking.uri, a sweep's
-    children are not linked to their parent on the server, or Ctrl-C leaves it running."""
+    URIs the clients cannot reach), cannot start MLflow's basic-auth app as docs/scaling.md
+    sets it up (the auth app missing from the `server` extra), lets a run without credentials
+    train, the writer does not pass MLFLOW_TRACKING_USERNAME/PASSWORD on, tracking=server does
+    not reach tracking.uri, a sweep's children are not linked to their parent on the server, or
+    Ctrl-C leaves the server running."""
     from mlflow.tracking import MlflowClient
 
+    settings = tmp_path / "auth.ini"
+    settings.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    password = "a-long-test-password-2026"
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(settings))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", password)
+    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "test-secret")
     store = tmp_path / "store"
     with looplab_server(
         tmp_path,
+        "--app-name",
+        "basic-auth",
         "--backend-store-uri",
         f"sqlite:///{store / 'mlflow.db'}",
         "--artifacts-destination",
         str(store / "artifacts"),
     ) as (url, server):
+        anonymous = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
+        assert anonymous.returncode == 1
+        (line,) = anonymous.stderr.strip().splitlines()
+        assert line.startswith("looplab-train: error: cannot use MLflow store"), line
+        assert "401" in line and "Epoch" not in anonymous.stdout
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         single = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
         assert single.returncode == 0, single.stderr
         sweep = train(
@@ -218,43 +243,3 @@ def test_postgresql_backed_server_takes_a_run(tmp_path: Path) -> None:
         direct = MlflowClient(tracking_uri=database)
         (same,) = direct.search_runs([direct.get_experiment_by_name("looplab").experiment_id])
         assert same.info.run_id == run.info.run_id
-
-
-@pytest.mark.slow
-def test_basic_auth_server_as_docs_scaling_sets_it_up(tmp_path: Path, monkeypatch) -> None:
-    """Faults: `looplab server --app-name basic-auth` does not start (the auth app missing from
-    the `server` extra), the writer does not pass the user's MLFLOW_TRACKING_USERNAME and
-    PASSWORD on, or a run without them trains instead of failing in one line."""
-    from mlflow.tracking import MlflowClient
-
-    settings = tmp_path / "auth.ini"
-    settings.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    password = "a-long-test-password-2026"
-    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(settings))
-    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", password)
-    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "test-secret")
-    with looplab_server(
-        tmp_path,
-        "--app-name",
-        "basic-auth",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-    ) as (url, _):
-        anonymous = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
-        assert anonymous.returncode == 1
-        (line,) = anonymous.stderr.strip().splitlines()
-        assert line.startswith("looplab-train: error: cannot use MLflow store"), line
-        assert "401" in line and "Epoch" not in anonymous.stdout
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-        done = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
-        assert done.returncode == 0, done.stderr
-        client = MlflowClient(tracking_uri=url)
-        (run,) = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
-        check_run(client, run, 3)
