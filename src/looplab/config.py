@@ -123,8 +123,10 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str | None = None
+    uri: str | None = MISSING  # conf/tracking/local.yaml: null (a local store); server: required
     experiment: str = "looplab"
+    offline: bool = False  # no store: the run's whole record stays in its folder (looplab sync)
+    wait_s: float = 60.0  # at a run's end, how long to wait for a store that is away
     skip_finished: bool = False
 
 
@@ -256,6 +258,12 @@ def validate(cfg: DictConfig) -> None:
         "''",
         "it must name an MLflow experiment",
     )
+    _require(
+        cfg.tracking.wait_s >= 0,
+        "tracking.wait_s",
+        cfg.tracking.wait_s,
+        "it must be >= 0 seconds (0 = do not wait for a store that is away)",
+    )
     if dataset.name != "csv":
         _refuse_csv_keys(dataset)
     else:
@@ -287,6 +295,11 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
     An unset `tracking.uri` becomes `sqlite:///<launch dir>/outputs/mlflow.db`: absolute, so
     every job of a sweep writes to the one store whatever its working directory.
     """
+    if OmegaConf.is_missing(cfg.tracking, "uri"):
+        raise ConfigError(
+            "tracking.uri is missing: tracking=server needs tracking.uri=http://HOST:PORT "
+            "(a running `mlflow server`, e.g. one started with `looplab server`)"
+        )
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     if plain.tracking.enabled and not plain.tracking.uri:
         plain.tracking.uri = default_store_uri(launch_dir)

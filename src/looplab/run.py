@@ -35,7 +35,7 @@ from looplab.errors import (
 from looplab.loop import EpochResult, fit
 from looplab.model import LossFn, build_model, loss_function, quality
 from looplab.reporting import ConsoleReport, MetricsCsv
-from looplab.tracking import Tracker, start_tracker
+from looplab.tracking import OfflineTracker, Tracker, start_tracker
 from looplab.update import Updater, build_update
 
 log = logging.getLogger("looplab")
@@ -82,7 +82,7 @@ def execute(
     cfg: DictConfig,
     output_dir: Path,
     hydra_dir: Path | None = None,
-    tracker: Tracker | None = None,
+    tracker: Tracker | OfflineTracker | None = None,
     name: str | None = None,
     console: ConsoleReport | None = None,
     tags: dict[str, str] | None = None,
@@ -217,7 +217,7 @@ def _execute(
     cfg: DictConfig,
     output_dir: Path,
     hydra_dir: Path | None,
-    tracker: Tracker | None,
+    tracker: Tracker | OfflineTracker | None,
     name: str,
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
@@ -274,6 +274,7 @@ def _execute(
             wait=False,
             start_time_ms=started_ms,
             inputs=[dataset_input(data_record)],
+            record_dir=output_dir,
         )
 
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
@@ -326,6 +327,8 @@ def _execute(
         signal.signal(signal.SIGINT, signal.default_int_handler)
     result.seconds = time.monotonic() - started
     log.info(console.prefix + closing_line(result, output_dir, hint=not console.prefix))
+    if tracker is not None and tracker.note:  # a sweep's jobs: in train.log; the sweep says it
+        log.info(console.prefix + tracker.note, extra={"file_only": bool(console.prefix)})
     if failure is not None:
         raise failure
     return result
@@ -433,6 +436,8 @@ def _shown(path: Path) -> str:
 
 def print_warning(result: RunResult, output_dir: Path) -> None:
     """Tell the user what did not reach the store, and where the complete record is."""
-    if result.warning:
+    if result.warning and "looplab sync" in result.warning:
+        log.warning(f"warning: {result.warning}")
+    elif result.warning:
         where = output_dir / "metrics.csv"
         log.warning(f"warning: {result.warning}; the full history is in {where}")

@@ -1,8 +1,9 @@
-"""A real local `mlflow server` for the tests and `make bench`, started in a subprocess.
+"""A real `mlflow server`: its command line (for `looplab server`) and a local one in a
+subprocess for the tests and `make bench`.
 
-One helper, so the tests and the benchmark start the server the same way. It never imports
-MLflow: the server runs as `python -m mlflow server` in its own session, so that the whole
-process group (uvicorn's workers included) can be killed at once.
+One place, so `looplab server`, the tests and the benchmark start the server the same way.
+It never imports MLflow: the server runs as `python -m mlflow server` in its own session, so
+that the whole process group (uvicorn's workers included) can be stopped at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,36 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def server_args(
+    backend_store_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    artifacts_destination: str | Path | None = None,
+    workers: int = 1,
+    app_name: str | None = None,
+) -> list[str]:
+    """`python -m mlflow server` serving artifacts through itself (`mlflow-artifacts:`), so a
+    client needs nothing but the server's URL to log and read a run's files."""
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
+    args += ["--host", host, "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
+    if artifacts_destination is not None:
+        args += ["--artifacts-destination", str(artifacts_destination)]
+    if app_name:
+        args += ["--app-name", app_name]
+    return args
+
+
+def server_env(jobs: bool = False) -> dict[str, str]:
+    """The server's environment: MLflow's job runner (GenAI jobs, extra processes) off
+    unless asked for, no telemetry."""
+    return {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if jobs else "false",
+    }
 
 
 @contextlib.contextmanager
@@ -50,27 +81,10 @@ def mlflow_server(
     """
     port = port or free_port(host)
     url = f"http://{host}:{port}"
-    args = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    if artifacts_destination is not None:
-        args += ["--artifacts-destination", str(artifacts_destination)]
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    args = server_args(
+        backend_store_uri, host=host, port=port, artifacts_destination=artifacts_destination
+    )
+    env = server_env()
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(Path(log).open("w", encoding="utf-8")) if log else None
         server = subprocess.Popen(

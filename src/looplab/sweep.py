@@ -206,7 +206,7 @@ class SweepCallback(Callback):
         if not settings.tracking.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        from looplab.tracking import Tracker
+        from looplab.tracking import OfflineTracker, Tracker
 
         swept_lines = [line for line in lines if line.split("=", 1)[0].lstrip("+~") in swept]
         name = "sweep: " + (" ".join(swept_lines) or f"{len(jobs)} job(s)")
@@ -219,12 +219,18 @@ class SweepCallback(Callback):
             "mlflow.source.name": "looplab-train -m",
         }
         params = {"sweep.overrides": " ".join(lines), "sweep.dir": str(sweep_dir)}
-        parent = Tracker(settings.tracking.uri, settings.tracking.experiment)
+        tracking = settings.tracking
+        parent: Tracker | OfflineTracker = (
+            OfflineTracker(tracking.uri, tracking.experiment)
+            if tracking.offline
+            else Tracker(tracking.uri, tracking.experiment, wait_s=tracking.wait_s)
+        )
         try:
-            _PARENTS[tags["looplab.sweep_id"]] = (parent, parent.start_run(name, params, tags, []))
+            parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
         except LooplabError as error:
             parent.stop()
             raise SweepRefused(str(error)) from None
+        _PARENTS[tags["looplab.sweep_id"]] = (parent, parent_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
@@ -244,13 +250,19 @@ class SweepCallback(Callback):
         table_text = None
         for warning in settle_idle():  # this process's jobs: their runs' ends are read here
             print(f"warning: {warning}", file=sys.stderr)
-        ended_jobs = {r.num for r in records if r.tracked}
-        runs = reader.sweep_children(uri, experiment, parent_id, ended_jobs)
+        runs = []
+        if parent_id is not None:  # offline, or a store that is away: no table, no curves
+            try:
+                ended_jobs = {r.num for r in records if r.tracked}
+                runs = reader.sweep_children(uri, experiment, parent_id, ended_jobs)
+                # A skipped job's run is the FINISHED run it matched (of an earlier sweep).
+                listed = {r.info.run_id for r in runs}
+                earlier = sorted({r.run_id for r in skipped if r.run_id} - listed)
+                if earlier:
+                    runs += reader.find_runs(uri, experiment, run_ids=earlier)
+            except LooplabError as error:
+                print(f"warning: no runs table for the sweep: {error}", file=sys.stderr)
         run_ids = {run.data.tags.get(reader.JOB): run.info.run_id for run in runs}
-        # A skipped job's run is the FINISHED run it matched (of an earlier sweep): listed too.
-        earlier = sorted({r.run_id for r in skipped if r.run_id} - {r.info.run_id for r in runs})
-        if earlier:
-            runs += reader.find_runs(uri, experiment, run_ids=earlier)
         if runs:
             table = reader.runs_table(runs)
             table_text = reader.format_table(table)
@@ -281,6 +293,8 @@ class SweepCallback(Callback):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         _print_summary(records, table_text, parent_id)
+        if parent.note:
+            print(parent.note.replace("the run's record", "the sweep's records"))
 
 
 def _job_part(config: DictConfig) -> DictConfig:

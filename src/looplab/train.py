@@ -54,7 +54,7 @@ from looplab.errors import (
     LooplabError,
     Terminated,
 )
-from looplab.tracking import Tracker, start_tracker
+from looplab.tracking import OfflineTracker, Tracker, start_tracker
 
 register()
 
@@ -82,7 +82,8 @@ def _discard_unstarted(output_dir: Path, job_name: str) -> None:
     outputs = Path.cwd().resolve() / "outputs"
     if outputs not in output_dir.resolve().parents or (output_dir / "metrics.csv").exists():
         return
-    for name in (*HYDRA_FILES, f"{job_name}.log", "config.yaml", "preprocessing.json"):
+    written = ("config.yaml", "preprocessing.json", "record.json")
+    for name in (*HYDRA_FILES, f"{job_name}.log", *written):
         with contextlib.suppress(OSError):
             (output_dir / name).unlink()
     with contextlib.suppress(OSError):
@@ -125,12 +126,12 @@ def baseline(preset: str | None) -> DictConfig:
 _SWEEP_PARENTS: dict[str, tuple[str, list[str]]] = {}
 
 
-def _find_sweep(tracker: Tracker, sweep: str) -> tuple[str | None, list[str]]:
+def _find_sweep(tracker: Any, sweep: str, sweep_dir: Path) -> tuple[str | None, list[str]]:
     """The sweep's parent run and swept keys, asked of the store once per process: a parent
     is created before the first job and never changes, and asking again would wait for the
     writer to end the previous job's run first."""
     if sweep not in _SWEEP_PARENTS:
-        parent_id, swept_keys = tracker.find_sweep(sweep)
+        parent_id, swept_keys = tracker.find_sweep(sweep, sweep_dir)
         if parent_id is None:
             return None, []
         _SWEEP_PARENTS[sweep] = (parent_id, swept_keys)
@@ -149,7 +150,7 @@ class SweepJob:
     def prefix(self) -> str:
         return f"[job {self.num}] "
 
-    def name_and_tags(self, tracker: Tracker | None) -> tuple[str, dict[str, str]]:
+    def name_and_tags(self, tracker: Tracker | OfflineTracker | None) -> tuple[str, dict[str, str]]:
         """The child's name (what varies in its sweep) and its tags, the parent's id among
         them: looked up in the store by the sweep's id, wherever this job runs."""
         from looplab.sweep import job_name, sweep_id
@@ -161,7 +162,7 @@ class SweepJob:
         }
         parent_id, swept_keys = (None, [])
         if tracker is not None:
-            parent_id, swept_keys = _find_sweep(tracker, tags["looplab.sweep_id"])
+            parent_id, swept_keys = _find_sweep(tracker, tags["looplab.sweep_id"], self.sweep_dir)
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         return job_name(self.overrides, swept_keys), tags

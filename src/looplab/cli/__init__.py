@@ -5,9 +5,12 @@
     looplab ui                            # MLflow's UI on the runs view of the experiment
     looplab reproduce RUN_ID              # run it again from the store, checked epoch by epoch
     looplab diff RUN_A RUN_B              # what differs between two runs
+    looplab runs --reap                   # runs whose machine died: marked KILLED
+    looplab sync outputs/runs/DATE/TIME   # an offline run (or one an outage missed) to a store
+    looplab server                        # MLflow's tracking server for tracking=server
 
 One module per family of verbs (`compare`: runs, plot; `ui`: ui; `reproduce`: reproduce,
-diff); each adds its subcommands
+diff; `sync`: sync; `server`: server); each adds its subcommands
 and a function to run them. MLflow is read only through `looplab.tracking.reader`, imported
 when a command runs, so that `looplab --help` answers at once. Errors the user can fix are one
 `looplab: error: ...` line and exit code 1.
@@ -42,17 +45,20 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from looplab.cli import compare, reproduce, ui
+    from looplab.cli import compare, reproduce, server, sync, ui
 
     parser = argparse.ArgumentParser(
         prog="looplab",
-        description="Compare, browse and reproduce the runs looplab-train recorded in MLflow.",
+        description="Compare, browse, reproduce and sync the runs looplab-train recorded in "
+        "MLflow; run a tracking server.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_options()
     compare.add_commands(commands, common)
     ui.add_commands(commands, common)
     reproduce.add_commands(commands, common)
+    sync.add_commands(commands, common)
+    server.add_commands(commands, common)
     return parser
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from looplab.errors import TrackingError
 
+LOST_AFTER_SECONDS = 300.0  # as reader.LOST_AFTER_SECONDS (not imported: --help stays instant)
+
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     runs = commands.add_parser(
@@ -25,6 +27,19 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     _which_sweep(runs)
     runs.add_argument("--csv", metavar="FILE", type=Path, help="also write the table as CSV")
+    runs.add_argument(
+        "--lost-after",
+        type=float,
+        default=LOST_AFTER_SECONDS,
+        metavar="SECONDS",
+        help="a RUNNING run whose writer's heartbeat (every 30 s) is older than this is LOST: "
+        "its machine or its processes died (default: %(default)g)",
+    )
+    runs.add_argument(
+        "--reap",
+        action="store_true",
+        help="first mark every LOST run of the experiment KILLED, tagged looplab.reaped",
+    )
     runs.set_defaults(run=runs_command)
 
     plot = commands.add_parser(
@@ -72,7 +87,15 @@ def select_runs(args: argparse.Namespace) -> list:
 def runs_command(args: argparse.Namespace) -> int:
     from looplab.tracking import reader
 
-    table = reader.runs_table(select_runs(args))
+    if args.lost_after <= 0:
+        raise TrackingError(f"--lost-after {args.lost_after:g}: it must be > 0 seconds")
+    if args.reap:
+        reaped = reader.reap_lost(args.tracking_uri, args.experiment, args.lost_after)
+        for run in reaped:
+            print(f"reaped: {run.info.run_name} ({run.info.run_id}): KILLED, it was lost")
+        if not reaped:
+            print("reaped: no lost runs")
+    table = reader.runs_table(select_runs(args), lost_after_s=args.lost_after)
     print(reader.format_table(table))
     if args.csv:
         reader.write_table_csv(table, args.csv)

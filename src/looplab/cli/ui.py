@@ -153,18 +153,21 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _wait_until_healthy(base_url: str, server: subprocess.Popen, log_path: Path) -> None:
+def _wait_until_healthy(
+    base_url: str, server: subprocess.Popen, log_path: Path | None = None
+) -> None:
+    """Until /health answers; else why not, from the server's log (or its output, on the
+    console, when it has no log)."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    see = f"see {log_path}" if log_path else "its output above says why"
     while server.poll() is None:
         with contextlib.suppress(OSError), urllib.request.urlopen(f"{base_url}/health", timeout=2):
             return
         if time.monotonic() > deadline:
-            raise TrackingError(f"the MLflow server did not answer in time; see {log_path}")
+            raise TrackingError(f"the MLflow server did not answer on {base_url} in time; {see}")
         time.sleep(0.25)
-    raise TrackingError(
-        f"the MLflow server exited with code {server.returncode}: "
-        f"{_last_line(log_path)} (see {log_path})"
-    )
+    last = f": {_last_line(log_path)}" if log_path else " before it answered"
+    raise TrackingError(f"the MLflow server exited with code {server.returncode}{last} ({see})")
 
 
 def _experiment_id(base_url: str, experiment: str, uri: str) -> str:

@@ -33,6 +33,11 @@ ROLE, SWEEP_ID, SWEPT_KEYS, JOB = (
     "looplab.job",
 )
 PARENT = "mlflow.parentRunId"
+# Written by the writer process at most every 30 s while a run runs (ms since the epoch).
+HEARTBEAT = "looplab.heartbeat"
+REAPED = "looplab.reaped"
+# A RUNNING run whose heartbeat is older than this (seconds) is shown as LOST.
+LOST_AFTER_SECONDS = 300.0
 # Metrics in the order a reader expects them; any others follow, sorted.
 METRIC_ORDER = ("train_loss", "val_loss", "val_accuracy", "val_rmse")
 # Metrics where more is better; every other metric (losses, rmse, ...) is best at its minimum.
@@ -260,7 +265,47 @@ def final_and_best(points: list[tuple[int, float]], metric: str) -> tuple[float,
     return points[-1][1], best
 
 
-def runs_table(runs: list[Run], uri: str | None = None) -> pd.DataFrame:
+def heartbeat_ms(run: Run) -> int:
+    """When the run's writer was last heard of: its heartbeat tag, else its start."""
+    beat = run.data.tags.get(HEARTBEAT)
+    return int(beat) if beat and beat.isdigit() else int(run.info.start_time or 0)
+
+
+def is_lost(run: Run, lost_after_s: float = LOST_AFTER_SECONDS, now_ms: int | None = None) -> bool:
+    """A RUNNING run whose writer has not been heard of for `lost_after_s`: its machine (or
+    its trainer and writer) died, and nothing will end it."""
+    if run.info.status != "RUNNING":
+        return False
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return now_ms - heartbeat_ms(run) > lost_after_s * 1000
+
+
+def reap_lost(uri: str, experiment: str, lost_after_s: float) -> list[Run]:
+    """Mark every lost run of `experiment` (sweep parents too) KILLED, with a tag that says
+    why, ended at its last heartbeat; the runs it marked."""
+    mlflow_client = client(uri)
+    running = _search(
+        mlflow_client, experiment_id(uri, experiment), "attributes.status = 'RUNNING'"
+    )
+    reaped = []
+    for run in running:
+        if not is_lost(run, lost_after_s):
+            continue
+        last = heartbeat_ms(run)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last / 1000))
+        why = (
+            f"no heartbeat since {when} (over {lost_after_s:g} s): its trainer and writer "
+            "were gone; marked KILLED by `looplab runs --reap`"
+        )
+        _call(mlflow_client.set_tag, run.info.run_id, REAPED, why)
+        _call(mlflow_client.set_terminated, run.info.run_id, "KILLED", end_time=last)
+        reaped.append(run)
+    return reaped
+
+
+def runs_table(
+    runs: list[Run], uri: str | None = None, lost_after_s: float = LOST_AFTER_SECONDS
+) -> pd.DataFrame:
     """One row per run: job (and sweep, when runs of several sweeps mix), run name, status,
     the params that vary, each metric's final and best value, duration in seconds, run id.
 
@@ -279,7 +324,8 @@ def runs_table(runs: list[Run], uri: str | None = None) -> pd.DataFrame:
         row: dict[str, Any] = {"job": _job(run)} if has_jobs else {}
         if has_jobs and mixed:
             row["sweep"] = run.data.tags.get(SWEEP_ID)
-        row |= {"run": run.info.run_name, "status": run.info.status}
+        status = "LOST" if is_lost(run, lost_after_s) else run.info.status
+        row |= {"run": run.info.run_name, "status": status}
         row |= {key: run.data.params.get(key) for key in params}
         for metric in metrics:
             final, best = final_and_best(history(run, metric, uri), metric)

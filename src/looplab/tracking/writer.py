@@ -1,17 +1,22 @@
 """MLflow tracking, done by a writer process so that the training process never waits for it.
- `Tracker` lives in the training process and
-never imports MLflow: it buffers epoch results and pipes them, a few times a second, to a
-child process (`python -m looplab.tracking`) that owns the MLflow client, writes metrics
-with `log_batch`, and ends the run. MLflow's per-metric Python cost then runs on another
-core, and the child starts importing MLflow while the parent is still loading torch and data.
 
-Messages are pickled tuples on the child's stdin; replies come back on its stdout.
-If the training process dies without saying goodbye, the child sees end-of-file and marks
-the run KILLED, so no run is ever left RUNNING. A writer that ended its run cleanly waits for
-the next one: the jobs of a sweep that run in one process (Hydra's basic launcher, a joblib
-worker) share a writer and pay for MLflow's import once. A sweep job does not wait for its
-run's end either: the writer ends it while the next job is set up, and the answer is read
-when the writer is taken up again (`start_tracker`) or the sweep ends (`settle_idle`).
+`Tracker` lives in the training process and never imports MLflow: it buffers epoch results
+and pipes them, a few times a second, to a child process (`python -m looplab.tracking`) that
+owns the MLflow client, writes metrics with `log_batch`, and ends the run. MLflow's
+per-metric Python cost then runs on another core, and the child starts importing MLflow while
+the parent is still loading torch and data.
+
+Messages are pickled tuples on the child's stdin; replies come back on its stdout. The child
+keeps everything a run sends in one ordered queue until the store confirms it, retrying with
+backoff while the store is away; at the run's end it waits up to `tracking.wait_s`, and
+what it could not deliver stays in the run folder for `looplab sync` (see record.py). If the
+training process dies without saying goodbye, the child sees end-of-file and marks the run
+KILLED. A writer that ended its run cleanly waits for the next one: the jobs of a sweep that
+run in one process (Hydra's basic launcher, a joblib worker) share a writer and pay for
+MLflow's import once. A sweep's job does not wait for its run to be created or ended: the
+writer does that while the next job is set up, and its answers are read (in order, by a
+thread) when the writer is taken up again (`start_tracker`) or the sweep ends
+(`settle_idle`). `OfflineTracker` (tracking.offline=true) starts no writer at all.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import math
 import os
 import pickle
 import queue
@@ -28,10 +34,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.errors import TrackingError
+from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, shown
 from looplab.tracking.store import open_store
 
 if TYPE_CHECKING:  # the writer process must not pay for importing torch
@@ -46,29 +54,47 @@ SEND_EPOCHS = 500
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
-# How long the parent waits for the store to answer before giving up, and for the last flush.
+# How long the parent waits for the store to answer when it opens it or starts a sweep.
 CONNECT_TIMEOUT_SECONDS = 60.0
-FINISH_TIMEOUT_SECONDS = 120.0
+# How long the parent waits for the writer beyond `tracking.wait_s` at the end of a run: the
+# last store call in flight may take MLFLOW_HTTP_REQUEST_TIMEOUT to give up.
+FINISH_SLACK_SECONDS = 30.0
+DEFAULT_WAIT_SECONDS = 60.0
+# The writer's own HTTP settings: one try a call, never MLflow's minutes of retries; the
+# writer retries itself, in the background, with backoff.
+WRITER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# Backoff between tries while the store is away (seconds): doubling up to the cap.
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 4.0
+# The heartbeat tag on a running run: updated at most this often (seconds).
+HEARTBEAT_TAG = "looplab.heartbeat"
+HEARTBEAT_SECONDS = 30.0
+# A writer whose trainer died tries this long to end the run as KILLED.
+ABANDON_WAIT_SECONDS = 30.0
 
 
 # Writers whose run ended cleanly, by (uri, experiment), waiting for this process's next job.
 _IDLE: dict[tuple[str, str], Tracker] = {}
 
 
-def start_tracker(cfg: DictConfig) -> Tracker | None:
-    """The writer for a plain config (an idle one if this process has it), or None when
-    tracking is off."""
+def start_tracker(cfg: DictConfig) -> Tracker | OfflineTracker | None:
+    """The writer for a plain config (an idle one if this process has it), an offline
+    recorder for `tracking.offline=true`, or None when tracking is off."""
     if not cfg.tracking.enabled:
         return None
+    wait_s = float(cfg.tracking.get("wait_s", DEFAULT_WAIT_SECONDS))
+    if cfg.tracking.get("offline", False):
+        return OfflineTracker(cfg.tracking.uri, cfg.tracking.experiment)
     key = (cfg.tracking.uri, cfg.tracking.experiment)
     idle = _IDLE.pop(key, None)
     if idle is not None:
         _warn(idle.settle_later())  # the last job's end: the next run's messages follow it
         if idle.idle and idle.process.poll() is None:
             idle.idle = False  # in use again: close() must stop it if its run goes wrong
+            idle.wait_s = wait_s
             return idle
         idle.stop()
-    return Tracker(*key)
+    return Tracker(*key, wait_s=wait_s)
 
 
 def settle_idle() -> list[str]:
@@ -92,13 +118,138 @@ def _stop_idle_writers() -> None:
         _IDLE.popitem()[1].stop()
 
 
-class Tracker:
-    """The training process's side: starts the writer, hands it epochs, ends the run."""
+class _RunFolder:
+    """What both trackers share: the run's `record.json` in its folder (see record.py)."""
+
+    uri: str
+    experiment: str
+
+    def _open_record(
+        self,
+        folder: Path | None,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        start_time_ms: int,
+        offline: bool,
+    ) -> None:
+        self.record_dir = folder
+        self.record = RunRecord.new(
+            uri=self.uri,
+            experiment=self.experiment,
+            name=run_name,
+            params=dict(params),
+            tags=dict(tags),
+            start_time_ms=start_time_ms,
+            offline=offline,
+        )
+        if folder is not None:
+            self.record.write(folder)
+
+    def _close_record(
+        self,
+        status: str,
+        tags: dict[str, str],
+        files: list[tuple[Path, str | None]],
+        end_time_ms: int,
+        synced: dict[str, str] | None,
+    ) -> None:
+        record, folder = getattr(self, "record", None), getattr(self, "record_dir", None)
+        if record is None or folder is None:
+            return
+        record.status, record.end_time_ms = status, end_time_ms
+        record.end_tags = {k: str(v) for k, v in tags.items()}
+        record.relative_files(folder, files)
+        record.synced, record.pending = synced, not record.offline and synced is None
+        record.write(folder)
+
+    def _start_files(self, artifacts: list[tuple[Path, str | None]]) -> None:
+        if getattr(self, "record_dir", None) is not None:
+            self.record.relative_files(self.record_dir, list(artifacts))
+
+
+class OfflineTracker(_RunFolder):
+    """`tracking.offline=true`: no store is opened or created, no writer process is started;
+    the run's whole record stays in its folder (`record.json`, `metrics.csv`, its files) for
+    `looplab sync`."""
+
+    process = None
+    idle = False
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri, self.experiment = uri, experiment
+        self.finished_run_id: str | None = None  # never a store's run id
+        self.note: str | None = None
+        self.runs_started = 0
+
+    def find_sweep(self, sweep_id: str, sweep_dir: Path | None = None) -> tuple[None, list[str]]:
+        """No parent id offline; the keys the sweep varies, from its folder's record."""
+        if sweep_dir is None or not (sweep_dir / RECORD_FILE).is_file():
+            return None, []
+        keys = RunRecord.load(sweep_dir).tags.get("looplab.swept_keys", "")
+        return None, [k for k in keys.split(",") if k]
+
+    def start_run(
+        self,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        artifacts: list[tuple[Path, str | None]],
+        wait: bool = True,
+        start_time_ms: int | None = None,
+        record_dir: Path | None = None,
+        inputs: list[dict[str, str]] | None = None,
+    ) -> None:
+        started = start_time_ms or int(time.time() * 1000)
+        tags = {**_source_tags()[0], **tags}
+        self._open_record(record_dir, run_name, params, tags, started, offline=True)
+        self._start_files(artifacts)
+        self.runs_started += 1
+
+    def find_finished(self, config_digest: str, data_digest: str) -> tuple[None, float]:
+        """Offline there is no store to find a finished run in: every job trains."""
+        return None, math.nan
+
+    def release(self) -> None:
+        pass
+
+    def __call__(self, result: EpochResult) -> None:
+        """The epochs are in metrics.csv already: nothing more to keep."""
+
+    def flush(self, now: float | None = None) -> None:
+        pass
+
+    def finish(
+        self,
+        status: str,
+        tags: dict[str, str] | None = None,
+        artifacts: list[tuple[Path, str | None]] = (),
+        wait: bool = True,
+    ) -> str | None:
+        self._close_record(status, tags or {}, list(artifacts), int(time.time() * 1000), None)
+        folder = getattr(self, "record_dir", None)
+        if folder is not None:
+            what = "sweep" if self.record.tags.get("looplab.role") == "sweep" else "run"
+            self.note = (
+                f"offline: the {what} is recorded in {shown(folder)}; send it to a store with "
+                f"`looplab sync {shown(folder)} --tracking-uri URI`"
+            )
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Tracker(_RunFolder):
+    """The training process's side: starts the writer, hands it epochs, ends the run."""
+
+    def __init__(self, uri: str, experiment: str, wait_s: float = DEFAULT_WAIT_SECONDS) -> None:
+        self.uri, self.experiment, self.wait_s = uri, experiment, wait_s
         self._reset()
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env = {**WRITER_HTTP_ENV, **os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "looplab.tracking"],
             stdin=subprocess.PIPE,
@@ -120,12 +271,15 @@ class Tracker:
         self.pending: list[tuple[int, int, dict[str, float]]] = []
         self.last_send = time.monotonic()
         self.run_id: str | None = None
-        self.start_pending = False  # "start" sent, its reply not read yet
-        self.end_pending = False  # "end" sent, its reply not read yet (see `settle`)
         self.idle = False  # the run ended and the writer waits in _IDLE for the next one
         # Set when the writer went away mid-run: training goes on, and the user is told.
         self.lost: str | None = None
-        self.lost_from_epoch: int | None = None
+        self.note: str | None = None  # an informative line for the user at the end
+        self.start_error: str | None = None
+        self.record_dir: Path | None = None
+        self.end_pending = False  # "end" sent, its answer not read yet (see `settle`)
+        # What `finish` was told, for `settle` to record once the writer has answered.
+        self.ending: tuple[str, dict[str, str], list[tuple[Path, str | None]], int] | None = None
 
     # -- protocol ----------------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
@@ -143,10 +297,9 @@ class Tracker:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     def _receive(self, timeout: float, waiting_for: str) -> tuple[Any, ...]:
-        """The writer's next reply, in order. Replies are read off the pipe by a thread: a
-        job that did not wait for its run's end leaves two replies in the pipe, and one
-        buffered read may take both, where `select` on the pipe would no longer see the
-        second."""
+        """The writer's next reply, in order. A thread reads them off the pipe: a job that did
+        not wait for its run's end leaves several replies in the pipe, and one buffered read
+        may take them all, where `select` on the pipe would no longer see the rest."""
         try:
             reply = self.replies.get(timeout=timeout)
         except queue.Empty:
@@ -160,6 +313,21 @@ class Tracker:
             raise TrackingError(reply[1])
         return reply
 
+    def _receive_until(self, kind: str, timeout: float, waiting_for: str) -> tuple[Any, ...]:
+        """Read replies until one of `kind`; a run's "started" (or why it could not start)
+        may come first, whenever the store took the run."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._receive(max(0.0, deadline - time.monotonic()), waiting_for)
+            if reply[0] == kind:
+                return reply
+            if reply[0] == "started":
+                self.run_id = reply[1]
+            elif reply[0] == "start_failed":
+                if kind == "started":
+                    raise TrackingError(reply[1])
+                self.start_error = reply[1]
+
     def _ensure_open(self) -> None:
         """Wait, once per writer, until the store answers (or fail in seconds if it never
         does): a run never starts training against a store that is not there."""
@@ -168,7 +336,9 @@ class Tracker:
             self.opened = True
 
     # -- the run -----------------------------------------------------------------------------
-    def find_sweep(self, sweep_id: str) -> tuple[str | None, list[str]]:
+    def find_sweep(
+        self, sweep_id: str, sweep_dir: Path | None = None
+    ) -> tuple[str | None, list[str]]:
         """The parent run of sweep `sweep_id` in this store, and the keys its sweep varies;
         (None, []) when the store has no such parent."""
         self._ensure_open()
@@ -184,6 +354,7 @@ class Tracker:
         artifacts: list[tuple[Path, str | None]],
         wait: bool = True,
         start_time_ms: int | None = None,
+        record_dir: Path | None = None,
         inputs: list[dict[str, str]] | None = None,
     ) -> str | None:
         """Create the run with its params, tags and start-up artifacts; return its id.
@@ -193,16 +364,21 @@ class Tracker:
 
         With `wait=False` training goes on while the writer creates the run (tens of
         milliseconds per run, a sweep job's largest cost); the id is read in `finish`.
+        `record_dir` gets the run's `record.json`, for `looplab sync` should the store not
+        take everything.
         """
         self._ensure_open()
+        self.note = self.start_error = None
         files = [(str(path), artifact_path) for path, artifact_path in artifacts]
         started = start_time_ms or int(time.time() * 1000)
-        message = ("start", run_name, params, tags, files, started)
-        self._send(message + ((inputs,) if inputs else ()))
-        self.start_pending = True
+        self._open_record(record_dir, run_name, params, tags, started, offline=False)
+        self._start_files(artifacts)
+        tags = {**tags, RECORD_ID_TAG: self.record.record_id}
+        self._send(("start", run_name, params, tags, files, started, inputs))
         self.runs_started += 1
         if wait:
-            self._read_start()
+            reply = self._receive_until("started", CONNECT_TIMEOUT_SECONDS, "starting the run")
+            self.run_id = reply[1]
         return self.run_id
 
     def find_finished(self, config_digest: str, data_digest: str) -> tuple[str | None, float]:
@@ -213,11 +389,6 @@ class Tracker:
         _, run_id, val_loss = self._receive(CONNECT_TIMEOUT_SECONDS, "finding finished runs")
         return run_id, val_loss
 
-    def _read_start(self) -> None:
-        if self.start_pending:
-            self.start_pending = False
-            _, self.run_id, _ = self._receive(CONNECT_TIMEOUT_SECONDS, "starting the run")
-
     def __call__(self, result: EpochResult) -> None:
         """Epoch callback: buffer, and pass the buffer on a few times a second."""
         self.pending.append((result.epoch, result.timestamp_ms, result.metrics))
@@ -226,13 +397,13 @@ class Tracker:
             self.flush(now)
 
     def flush(self, now: float | None = None) -> None:
-        """Hand the buffer to the writer; if the writer is gone, count what is lost, go on."""
+        """Hand the buffer to the writer; if the writer is gone, note it and go on."""
         epochs, self.pending = self.pending, []  # taken first: a signal cannot send them twice
         if epochs and self.lost is None:
             try:
                 self._send(("metrics", epochs))
             except TrackingError as error:
-                self.lost, self.lost_from_epoch = str(error), epochs[0][0]
+                self.lost = str(error)
         self.last_send = time.monotonic() if now is None else now
 
     def finish(
@@ -244,58 +415,80 @@ class Tracker:
     ) -> str | None:
         """Flush, log the closing artifacts, end the run as `status`; return any warning.
 
-        Training is over by now and `metrics.csv` holds every epoch, so a writer that fails
-        here is reported as a warning, not as an error that would hide a finished run.
-        With `wait=False` (a sweep's job) this process does not wait for the writer at all:
-        it creates and ends the run while the next job is set up, and what it answers (the
-        run's id among it) is read, and any warning told, by `settle`.
+        The writer waits for the store up to `tracking.wait_s`; what it could not deliver by
+        then stays in the run folder (record.json, metrics.csv), marked not synced, and the
+        warning says how to send it (`looplab sync`). Training is over by now, so a writer
+        that fails here is a warning, not an error that would hide a finished run.
+        With `wait=False` (a sweep's job) this process does not wait at all: the run folder
+        is marked not synced until the writer's answer is read by `settle`.
         """
+        tags, artifacts = tags or {}, list(artifacts)
+        ended_ms = int(time.time() * 1000)
+        self.ending = (status, tags, artifacts, ended_ms)
         try:
             self.flush()
-            if wait:
-                self._read_start()
-            self.finished_run_id = self.run_id
             if self.lost is None:
                 files = [(str(path), artifact_path) for path, artifact_path in artifacts]
-                self._send(("end", status, tags or {}, files))
-                start_pending = self.start_pending
-                self._reset()
-                self.idle, self.end_pending, self.start_pending = True, True, start_pending
-                _IDLE[(self.uri, self.experiment)] = self
-                return self.settle() if wait else None
+                self._send(("end", status, tags, files, ended_ms, self.wait_s))
+                self.end_pending = True
+                if not wait:
+                    self._close_record(status, tags, artifacts, ended_ms, None)
+                    self.idle = True
+                    _IDLE[(self.uri, self.experiment)] = self
+                    return None
         except TrackingError as error:
             self.lost = str(error)
-            self.idle = False
-            _IDLE.pop((self.uri, self.experiment), None)
-        finally:
-            self.close()
-        since = f" from epoch {self.lost_from_epoch} on" if self.lost_from_epoch else ""
-        return (
-            f"{self.lost}; the metrics{since} and the run's end ({status}) did not reach {self.uri}"
-        )
+        return self.settle()
 
     def settle(self) -> str | None:
-        """Read the writer's answer to the last "end", if not read yet; return its warning.
-
-        A writer whose store stopped answering leaves after that answer: it is not idle then,
-        and `start_tracker` starts a fresh one.
-        """
-        if not self.end_pending:
+        """Read the writer's answer to the run's end (`finish`), record how the run ended in
+        its folder, and return any warning. A writer that can serve the next run waits in
+        `_IDLE`; any other is stopped."""
+        if self.ending is None:
             return None
+        status, tags, artifacts, ended_ms = self.ending
+        self.ending = None
+        delivered, warning = False, None
         try:
-            if self.start_pending:  # a run ended without waiting: its id comes only now
-                self._read_start()
-                self.finished_run_id, self.run_id = self.run_id, None
-            _, warning, reusable = self._receive(FINISH_TIMEOUT_SECONDS, "ending the run")
+            if self.end_pending:
+                self.end_pending = False
+                _, self.run_id, delivered, warning, outage_s, reusable = self._receive_until(
+                    "ended", self.wait_s + FINISH_SLACK_SECONDS, "ending the run"
+                )
+                if outage_s and delivered:
+                    self.note = (
+                        f"the MLflow store {self.uri} was away for {outage_s:.0f} s; "
+                        "everything reached it once it was back"
+                    )
+                if reusable:
+                    self.finished_run_id = self.run_id
+                    self._close_record(status, tags, artifacts, ended_ms, self._synced())
+                    note = self.note
+                    self._reset()
+                    self.note = note
+                    self.idle = True
+                    _IDLE[(self.uri, self.experiment)] = self
+                    return warning
         except TrackingError as error:
-            warning, reusable = str(error), False
-        self.end_pending = False
-        if not reusable:
-            self.idle = False
-            if _IDLE.get((self.uri, self.experiment)) is self:
-                del _IDLE[(self.uri, self.experiment)]
-            self.close()
-        return warning
+            self.lost = str(error)
+        self.idle = False
+        if _IDLE.get((self.uri, self.experiment)) is self:
+            del _IDLE[(self.uri, self.experiment)]
+        self.close()
+        self.finished_run_id = self.run_id
+        self._close_record(status, tags, artifacts, ended_ms, self._synced() if delivered else None)
+        if delivered:
+            return warning
+        why = self.lost or (
+            f"the MLflow store {self.uri} did not take the whole run within "
+            f"tracking.wait_s={self.wait_s:g} s"
+        )
+        if self.record_dir is None:
+            return f"{why}; the run's end ({status}) did not reach it"
+        return (
+            f"{why}; the run is kept in its folder, not synced (it is not complete on the "
+            f"store): send it later with `looplab sync {shown(self.record_dir)}`"
+        )
 
     def settle_later(self) -> str | None:
         """`settle`, for a run whose closing line is already out: the warning names it."""
@@ -304,11 +497,14 @@ class Tracker:
 
     def release(self) -> None:
         """No run was started (a skipped job): keep the writer for this process's next run."""
-        if self.process.poll() is None and not self.start_pending and self.run_id is None:
+        if self.process.poll() is None and self.ending is None and self.run_id is None:
             self.idle = True
             _IDLE[(self.uri, self.experiment)] = self
         else:
             self.close()
+
+    def _synced(self) -> dict[str, str] | None:
+        return {"uri": self.uri, "run_id": self.run_id} if self.run_id else None
 
     def close(self) -> None:
         """Stop the writer unless it waits for the next run; a run it still holds is ended
@@ -322,7 +518,7 @@ class Tracker:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
         try:
-            self.process.wait(timeout=FINISH_TIMEOUT_SECONDS)
+            self.process.wait(timeout=self.wait_s + FINISH_SLACK_SECONDS)
         except subprocess.TimeoutExpired:
             self.process.kill()
 
@@ -333,7 +529,15 @@ class Tracker:
 
 
 class _Writer:
-    """Owns the MLflow client: opens the store, creates the run, writes batches, ends it."""
+    """Owns the MLflow client: opens the store, then delivers each run in order.
+
+    Everything a run sends to the store (its creation, params, start-up files, epochs,
+    closing tags and files, its end) is an operation in one queue, delivered in order and
+    dropped only once the store took it. A store that stops answering is retried with
+    backoff while the queue grows; the training process never waits for it. A store that
+    refuses an operation for good (a 4xx answer) is told at the end, and the run is tagged
+    `looplab.incomplete`, so that it never looks complete when it is not.
+    """
 
     def __init__(self, reply: Any) -> None:
         self.reply = reply
@@ -341,17 +545,29 @@ class _Writer:
         self.uri = ""
         self.experiment_id: str | None = None
         self.open_error: str | None = None
+        self._new_run()
+
+    def _new_run(self) -> None:
         self.run_id: str | None = None
-        self.undelivered = 0
-        self.store_error: str | None = None
-        self.first_undelivered_epoch: int | None = None
+        self.record_id: str | None = None
+        self.create_tried = False
+        self.queue: deque[list[Any]] = deque()
+        self.refused: list[str] = []  # what the store refused for good, in words
+        self.retry_at = 0.0  # monotonic time of the next try after a failure
+        self.backoff = 0.0
+        self.outage: str | None = None  # the store's last error while it is away
+        self.outage_since: float | None = None
+        self.outage_seconds = 0.0
+        self.end_deadline: float | None = None  # set by "end": deliver until then
+        self.last_heartbeat = time.monotonic()
 
     def send(self, *message: Any) -> None:
         """Reply to the training process; if it is gone (a second Ctrl-C), nobody listens."""
-        with contextlib.suppress(BrokenPipeError):
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
             pickle.dump(message, self.reply, protocol=pickle.HIGHEST_PROTOCOL)
             self.reply.flush()
 
+    # -- messages from the training process ------------------------------------------------
     def open(self, uri: str, experiment: str) -> None:
         self.uri = uri
         try:
@@ -398,51 +614,21 @@ class _Writer:
             return
         from mlflow.entities import Param
 
-        try:
-            source_tags, git_diff = _source_tags()
-            tags = {**source_tags, **tags}
-            run = self.client.create_run(
-                self.experiment_id, start_time=start_time_ms, run_name=run_name, tags=tags
-            )
-            self.run_id = run.info.run_id
-            items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-            for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(
-                    self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH]
-                )
-            self._log_artifacts(files)
-            if git_diff:
-                self.client.log_text(self.run_id, git_diff, "git.diff")
-            if inputs:
-                self._log_inputs(inputs)
-        except Exception as error:
-            if self.run_id:
-                self._terminate("FAILED")
-            self.run_id = None  # the epochs that follow have nowhere to go
-            self.send("error", f"cannot start an MLflow run: {_first_line(error)}")
-            return
-        self.send("started", self.run_id, self.experiment_id)
-
-    def _log_inputs(self, inputs: list[dict[str, str]]) -> None:
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        self.client.log_inputs(
-            self.run_id,
-            datasets=[
-                DatasetInput(
-                    Dataset(
-                        item["name"],
-                        item["digest"],
-                        item["source_type"],
-                        item["source"],
-                        schema=item.get("schema"),
-                        profile=item.get("profile"),
-                    ),
-                    tags=[InputTag("mlflow.data.context", item.get("context", "training"))],
-                )
-                for item in inputs
-            ],
-        )
+        self._new_run()
+        self.record_id = tags.get(RECORD_ID_TAG)
+        now_ms = str(int(time.time() * 1000))
+        source_tags, git_diff = _source_tags()
+        tags = {**source_tags, **tags, HEARTBEAT_TAG: now_ms}
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        self.queue.append(["create", run_name, tags, start_time_ms])
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.queue.append(["params", items[start : start + MAX_PARAMS_PER_BATCH]])
+        if files:
+            self.queue.append(["files", list(files)])
+        if git_diff:
+            self.queue.append(["text", git_diff, "git.diff"])
+        if inputs:
+            self.queue.append(["inputs", inputs])
 
     def find_finished(self, config_digest: str, data_digest: str) -> None:
         """Reply with a FINISHED run of the experiment that trained the same config on the
@@ -479,69 +665,196 @@ class _Writer:
             for epoch, timestamp, values in epochs
             for name, value in values.items()
         ]
-        if self.run_id is None:  # the run could not be started; the trainer is told at the end
-            return
-        if self.store_error:  # the store went away: count, do not retry for minutes
-            self._lost(batch[0].step if batch else None, len(batch))
-            return
-        for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
-            try:
-                self.client.log_batch(
-                    self.run_id, metrics=batch[start : start + MAX_METRICS_PER_BATCH]
-                )
-            except Exception as error:
-                self.store_error = _first_line(error)
-                self._lost(batch[start].step, len(batch) - start)
-                return
+        if self.queue and self.queue[-1][0] == "metrics":
+            self.queue[-1][1].extend(batch)  # one growing list: written 1000 at a time
+        elif batch:
+            self.queue.append(["metrics", batch])
 
-    def _lost(self, first_epoch: int | None, count: int) -> None:
-        """Count metric values the store did not take, and the first epoch they belong to."""
-        self.undelivered += count
-        if self.first_undelivered_epoch is None:
-            self.first_undelivered_epoch = first_epoch
+    def end(self, status: str, tags: dict[str, str], files, end_time_ms: int, wait_s: float):
+        """Queue the run's end (closing tags, files, then its status, last), and deliver
+        until the store has it all or `wait_s` has passed."""
+        if tags:
+            self.queue.append(["tags", dict(tags)])
+        if files:
+            self.queue.append(["files", list(files)])
+        self.queue.append(["terminate", status, end_time_ms])
+        self.end_deadline = time.monotonic() + wait_s
+        self.retry_at = 0.0  # try at once, whatever the backoff said
 
-    def end(self, status: str, tags: dict[str, str], files) -> bool:
-        """End the run; True when the store still answers, so the next run can use us."""
-        if not self.store_error:
-            try:
-                for key, value in tags.items():
-                    self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LENGTH])
-                self._log_artifacts(files)
-            except Exception as error:
-                self.store_error = _first_line(error)
-        ended = self._terminate(status)
+    def ended(self) -> bool:
+        """Tell the training process how the run ended; True when this writer can serve the
+        next run (the store took everything and still answers)."""
+        delivered = not self.queue
         warning = None
-        if self.store_error:
-            first = self.first_undelivered_epoch
-            lost = (
-                [f"{self.undelivered} metric values from epoch {first} on"]
-                if self.undelivered
-                else ["the closing tags and files"]
-            )
-            if not ended:
-                lost.append(f"the run's end ({status}), so it may still show as RUNNING")
+        if self.refused:
             warning = (
-                f"the MLflow store {self.uri} stopped answering ({self.store_error}); "
-                f"{' and '.join(lost)} did not reach it"
+                f"the MLflow store {self.uri} refused {'; '.join(self.refused)}; the run is "
+                "tagged looplab.incomplete"
             )
-        self.run_id, self.undelivered, self.first_undelivered_epoch = None, 0, None
-        reusable = self.store_error is None
-        self.send("ended", warning, reusable)
+        if self.outage_since is not None:
+            self.outage_seconds += time.monotonic() - self.outage_since
+        reusable = delivered and self.outage is None and self.run_id is not None
+        self.send("ended", self.run_id, delivered, warning, self.outage_seconds, reusable)
+        self._new_run()
         return reusable
 
     def abandon(self) -> None:
-        """The training process went away without ending the run: mark it KILLED."""
-        if self.run_id:
-            self._terminate("KILLED")
+        """The training process went away without ending the run: deliver what it sent, and
+        mark the run KILLED (for a little while; a lost store leaves the run to `--reap`)."""
+        if self.queue or self.run_id:
+            self.queue.append(["terminate", "KILLED", int(time.time() * 1000)])
+            self.end_deadline = time.monotonic() + ABANDON_WAIT_SECONDS
+            self.retry_at = 0.0
+            while self.queue and time.monotonic() < self.end_deadline:
+                self.deliver()
+                if self.queue:
+                    time.sleep(max(0.0, min(self.retry_at, self.end_deadline) - time.monotonic()))
 
-    def _terminate(self, status: str) -> bool:
-        """End the run as `status`; False when the store did not take it."""
-        try:
-            self.client.set_terminated(self.run_id, status)
-        except Exception as error:
-            self.store_error = self.store_error or _first_line(error)
-            return False
+    # -- delivery ----------------------------------------------------------------------------
+    def wake_in(self) -> float | None:
+        """Seconds until this writer has something to do without a new message (None: never)."""
+        now = time.monotonic()
+        times = []
+        if self.queue:
+            times.append(self.retry_at)
+        if self.end_deadline is not None:
+            times.append(self.end_deadline)
+        if self.run_id is not None and self.end_deadline is None:
+            times.append(self.last_heartbeat + HEARTBEAT_SECONDS)
+        return max(0.0, min(times) - now) if times else None
+
+    def deliver(self) -> None:
+        """Deliver the queue in order until it is empty or the store fails (then back off)."""
+        while self.queue and time.monotonic() >= self.retry_at:
+            operation = self.queue[0]
+            try:
+                done = self._apply(operation)
+            except Exception as error:
+                if not _refused_for_good(error):
+                    self._failed(error)
+                    return
+                self._refuse(operation, error)
+                done = True
+            self._answered()
+            if done:
+                self.queue.popleft()
+        if self.queue or self.run_id is None or self.end_deadline is not None:
+            return
+        if time.monotonic() - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time() * 1000)))
+            except Exception as error:
+                if not _refused_for_good(error):
+                    self._failed(error)
+                return
+            self.last_heartbeat = time.monotonic()
+
+    def _apply(self, operation: list[Any]) -> bool:
+        """Send one operation (or the next 1000 of its metrics); True when it is all sent."""
+        kind = operation[0]
+        if kind == "create":
+            _, run_name, tags, start_time_ms = operation
+            self.run_id = self._existing_run() if self.create_tried else None
+            self.create_tried = True
+            if self.run_id is None:
+                run = self.client.create_run(
+                    self.experiment_id, start_time=start_time_ms, run_name=run_name, tags=tags
+                )
+                self.run_id = run.info.run_id
+            self.last_heartbeat = time.monotonic()
+            self.send("started", self.run_id, self.experiment_id)
+            return True
+        if self.run_id is None:  # the store refused the run itself: nowhere to send the rest
+            return True
+        if kind == "params":
+            self.client.log_batch(self.run_id, params=operation[1])
+        elif kind == "metrics":
+            batch = operation[1]
+            self.client.log_batch(self.run_id, metrics=batch[:MAX_METRICS_PER_BATCH])
+            del batch[:MAX_METRICS_PER_BATCH]
+            return not batch
+        elif kind == "tags":
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in operation[1].items()]
+            self.client.log_batch(self.run_id, tags=tags)
+        elif kind == "files":
+            self._log_artifacts(operation[1])
+        elif kind == "text":
+            self.client.log_text(self.run_id, operation[1], operation[2])
+        elif kind == "inputs":
+            self._log_inputs(operation[1])
+        elif kind == "terminate":
+            if self.refused:
+                self.client.set_tag(self.run_id, "looplab.incomplete", "; ".join(self.refused))
+            self.client.set_terminated(self.run_id, operation[1], end_time=operation[2])
         return True
+
+    def _existing_run(self) -> str | None:
+        """The run a create that seemed to fail made after all (found by its record id)."""
+        if not self.record_id:
+            return None
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{RECORD_ID_TAG}` = '{self.record_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
+    def _failed(self, error: BaseException) -> None:
+        """The store did not answer: try again later, each time a little later."""
+        now = time.monotonic()
+        self.outage = _first_line(error)
+        if self.outage_since is None:
+            self.outage_since = now
+        self.backoff = min(MAX_BACKOFF_SECONDS, max(FIRST_BACKOFF_SECONDS, 2 * self.backoff))
+        self.retry_at = now + self.backoff
+
+    def _answered(self) -> None:
+        if self.outage_since is not None:
+            self.outage_seconds += time.monotonic() - self.outage_since
+        self.outage, self.outage_since, self.backoff = None, None, 0.0
+
+    def _refuse(self, operation: list[Any], error: BaseException) -> None:
+        """The store answered no to this operation, and would again: drop it, say so."""
+        what = {
+            "create": "the run",
+            "params": "params",
+            "metrics": "metric values",
+            "tags": "the closing tags",
+            "files": "artifacts",
+            "text": "the git diff",
+            "inputs": "the dataset inputs",
+            "terminate": "the run's end",
+        }[operation[0]]
+        self.refused.append(f"{what} ({_first_line(error)})")
+        if operation[0] == "create":
+            self.send("start_failed", f"cannot start an MLflow run: {_first_line(error)}")
+        elif operation[0] == "metrics":
+            del operation[1][:MAX_METRICS_PER_BATCH]
+            if operation[1]:
+                self.queue.insert(1, operation)  # the rest is tried on its own
+
+    def _log_inputs(self, inputs: list[dict[str, str]]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client.log_inputs(
+            self.run_id,
+            datasets=[
+                DatasetInput(
+                    Dataset(
+                        item["name"],
+                        item["digest"],
+                        item["source_type"],
+                        item["source"],
+                        schema=item.get("schema"),
+                        profile=item.get("profile"),
+                    ),
+                    tags=[InputTag("mlflow.data.context", item.get("context", "training"))],
+                )
+                for item in inputs
+            ],
+        )
 
     def _log_artifacts(self, files: list[tuple[str, str | None]]) -> None:
         for path, artifact_path in files:
@@ -549,6 +862,14 @@ class _Writer:
                 self.client.log_artifacts(self.run_id, path, artifact_path)
             elif Path(path).is_file():
                 self.client.log_artifact(self.run_id, path, artifact_path)
+
+
+def _refused_for_good(error: BaseException) -> bool:
+    """A 4xx answer (a bad value, a run that is not there): trying again would not help.
+    Anything else (no connection, a timeout, a 5xx, a locked database) may pass later."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and 400 <= error.get_http_status_code() < 500
 
 
 @functools.cache
@@ -606,31 +927,42 @@ def writer_main() -> None:
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(sys.stdin.buffer, inbox), daemon=True).start()
     writer = _Writer(reply)
-    held: tuple[Any, ...] | None = None
+    # Messages not handled yet: while a run's end is being delivered, the next run's messages
+    # (a sweep's next job does not wait for that end) wait here, so the two never mix.
+    backlog: deque[tuple[Any, ...]] = deque()
+    gone = False  # the training process closed the pipe
     while True:
-        message, held = (held, None) if held else (inbox.get(), None)
-        kind, args = message[0], message[1:]
-        if kind == "metrics":  # gather whatever else has arrived into one write
-            epochs = list(args[0])
-            while held is None and not inbox.empty():
-                more = inbox.get()
-                if more[0] == "metrics":
-                    epochs.extend(more[1])
-                else:
-                    held = more
-            writer.metrics(epochs)
-        elif kind == "open":
-            writer.open(*args)
-        elif kind == "start":
-            writer.start(*args)
-        elif kind == "find_sweep":
-            writer.find_sweep(*args)
-        elif kind == "find_finished":
-            writer.find_finished(*args)
-        elif kind == "end":
-            if not writer.end(*args):
+        if not gone:
+            ready = backlog and writer.end_deadline is None
+            with contextlib.suppress(queue.Empty):  # a message, or something to retry
+                backlog.append(inbox.get(timeout=0 if ready else writer.wake_in()))
+            while not inbox.empty():  # whatever else has arrived, so epochs go in one write
+                backlog.append(inbox.get())
+        while backlog and writer.end_deadline is None:
+            kind, *args = backlog.popleft()
+            if kind == "metrics":
+                writer.metrics(*args)
+            elif kind == "open":
+                writer.open(*args)
+            elif kind == "start":
+                writer.start(*args)
+            elif kind == "find_sweep":
+                writer.find_sweep(*args)
+            elif kind == "find_finished":
+                writer.find_finished(*args)
+            elif kind == "end":
+                writer.end(*args)
+            elif kind == "eof":
+                gone = True
+        writer.deliver()
+        if writer.end_deadline is not None:
+            if writer.queue and time.monotonic() < writer.end_deadline:
+                if gone:  # nobody sends more: sleep until the next try
+                    time.sleep(writer.wake_in() or 0.0)
+                continue
+            if not writer.ended():
                 break
-        elif kind == "eof":
+        elif gone and not backlog:
             writer.abandon()
             break
     # The reader thread may still be blocked on stdin; leave without waiting for it.

@@ -1,0 +1,103 @@
+"""A run's own record in its folder, `record.json`: what `looplab sync` sends to a store later.
+
+Every tracked run (and every sweep parent) writes one, with no MLflow import and no store:
+its name, experiment, params, tags, start and end times, status, closing tags, the files
+that are its artifacts, and whether a store has it all (`synced`). The epochs are not
+repeated here: `metrics.csv` beside it holds every one of them, exactly (`repr` floats).
+
+- an offline run (`tracking.offline=true`) has only this record;
+- an online run's record says `synced: {uri, run_id}` once the store confirmed everything,
+  and `synced: null` with `pending: true` when the store stayed away past `tracking.wait_s`;
+- a record id (`looplab.record_id`, also a tag on the MLflow run) lets a sync find the run
+  it already made, so syncing twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_FILE = "record.json"
+METRICS_FILE = "metrics.csv"
+RECORD_ID_TAG = "looplab.record_id"
+
+
+@dataclass
+class RunRecord:
+    """One run as its folder remembers it (see the module's docstring)."""
+
+    record_id: str
+    uri: str  # the store this run was meant for (`looplab sync` sends it there by default)
+    experiment: str
+    name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    start_time_ms: int
+    # (path relative to the record's folder, or absolute; artifact folder or None)
+    artifacts: list[tuple[str, str | None]] = field(default_factory=list)
+    status: str = "RUNNING"
+    end_time_ms: int | None = None
+    end_tags: dict[str, str] = field(default_factory=dict)
+    offline: bool = False
+    pending: bool = False  # an online run whose store did not confirm everything
+    synced: dict[str, str] | None = None  # {"uri": ..., "run_id": ...} once a store has it all
+    parent_dir: str | None = None  # a sweep job's: its sweep's folder, relative to this one
+
+    @classmethod
+    def new(cls, **fields: Any) -> RunRecord:
+        return cls(record_id=uuid.uuid4().hex, **fields)
+
+    def write(self, folder: Path) -> Path:
+        """Write atomically (a crash never leaves half a record)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / RECORD_FILE
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> RunRecord:
+        data = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        data["artifacts"] = [tuple(pair) for pair in data.get("artifacts", [])]
+        return cls(**data)
+
+    def relative_files(self, folder: Path, files: list[tuple[Path, str | None]]) -> None:
+        """Keep `files` as artifacts, relative to `folder` when inside it (a folder that is
+        copied to another machine still syncs)."""
+        for path, artifact_path in files:
+            absolute = Path(path).resolve()
+            try:
+                shown = str(absolute.relative_to(folder.resolve()))
+            except ValueError:
+                shown = str(absolute)
+            if (shown, artifact_path) not in self.artifacts:
+                self.artifacts.append((shown, artifact_path))
+
+
+def read_epochs(folder: Path) -> list[tuple[int, int, dict[str, float]]]:
+    """Every epoch in `folder/metrics.csv`: (epoch, timestamp_ms, {metric: value})."""
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return []
+    epochs = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("epoch"):
+                continue
+            epoch, timestamp = int(row.pop("epoch")), int(row.pop("timestamp_ms"))
+            epochs.append((epoch, timestamp, {k: float(v) for k, v in row.items() if v}))
+    return epochs
+
+
+def shown(path: Path) -> str:
+    """A folder as the user would type it: relative to the current one when under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
