@@ -5,6 +5,7 @@ The outage side of `looplab sync` (a run whose server stayed away) is in test_fa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -112,11 +113,28 @@ def test_offline_run_then_two_syncs_make_one_complete_run(run_cli, tmp_path: Pat
     assert json.loads((folder / "record.json").read_text())["synced"]["run_id"] == run.info.run_id
 
 
+SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+
+
 @pytest.mark.slow
-def test_offline_sweep_syncs_with_its_parent(run_cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param([], id="basic"),
+        pytest.param(
+            ["hydra/launcher=submitit_local"],
+            id="submitit_local",
+            marks=pytest.mark.skipif(
+                not SUBMITIT, reason="the slurm extra is not installed: pip install -e '.[slurm]'"
+            ),
+        ),
+    ],
+)
+def test_offline_sweep_syncs_with_its_parent(run_cli, tmp_path: Path, launcher) -> None:
     """Faults: a sweep's jobs are synced without their parent (or not linked to it), or a
-    job's folder synced alone makes a second parent."""
-    done = run_cli("-m", "train.epochs=3", "model.width=0,2", *OFFLINE)
+    job's folder synced alone makes a second parent; on a cluster's launcher (submitit, its
+    jobs in processes of their own) with no server in reach, the same."""
+    done = run_cli("-m", *launcher, "train.epochs=3", "model.width=0,2", *OFFLINE)
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
     (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
