@@ -265,3 +265,19 @@ def test_a_run_in_a_dirty_git_tree_records_that_and_the_diff(
     run = only_run(client)
     assert run.data.tags["looplab.git.dirty"] == "true"
     assert "+lr = 0.2" in artifact_text(client, run.info.run_id, "git.diff", tmp_path / "dl")
+
+
+def test_the_recorded_environment_is_plain_text_the_writer_unpickles_without_torch() -> None:
+    """Fault: a tag holds torch's TorchVersion (a str subclass): unpickling the start message
+    then imports torch in the writer process, seconds in which the run is not yet created."""
+    import pickle
+    import pickletools
+
+    from looplab.run import environment_tags
+
+    tags = environment_tags()
+    assert all(type(value) is str for value in tags.values()), tags
+    globals_named = [
+        arg for op, arg, _ in pickletools.genops(pickle.dumps(tags)) if "GLOBAL" in op.name
+    ]
+    assert globals_named == []

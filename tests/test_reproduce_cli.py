@@ -75,7 +75,9 @@ def change_one_value(path: str) -> None:
     frame.to_csv(path, index=False)
 
 
-def test_a_run_made_elsewhere_is_reproduced_bitwise_from_the_store_alone(run_cli, tmp_path) -> None:
+def test_a_run_made_elsewhere_is_reproduced_bitwise_from_the_store_alone(
+    run_cli, tmp_path, capfd, monkeypatch
+) -> None:
     """Two processes, one config: the same histories to the last bit (seeded split, initial
     weights and mini-batch shuffles), and `reproduce` says so from another folder with the
     run's own folder deleted. Faults: an unseeded shuffle or init, a config read from the run
@@ -113,11 +115,12 @@ def test_a_run_made_elsewhere_is_reproduced_bitwise_from_the_store_alone(run_cli
     ours, theirs = histories(uri, original), histories(uri, new)
     assert ours == theirs and len(ours["train_loss"]) == 3
 
-    done = looplab(
-        "reproduce", original.info.run_id, "train.lr=0.5", "--tracking-uri", uri, cwd=elsewhere
+    monkeypatch.chdir(elsewhere)
+    code, out, err = looplab_here(
+        capfd, "reproduce", original.info.run_id, "train.lr=0.5", "--tracking-uri", uri
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "not compared" in done.stdout and "bitwise" not in done.stdout
+    assert code == 0, out + err
+    assert "not compared" in out and "bitwise" not in out
     derived = [r for r in runs_of(uri) if r.data.tags.get("looplab.derived_from")]
     assert (
         len(derived) == 1 and derived[0].data.tags["looplab.derived_from"] == original.info.run_id

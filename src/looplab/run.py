@@ -403,7 +403,8 @@ def environment_tags() -> dict[str, str]:
 
     return {
         "looplab.version.python": platform.python_version(),
-        "looplab.version.torch": torch.__version__,
+        # str(): torch's TorchVersion would make the writer import torch to unpickle it
+        "looplab.version.torch": str(torch.__version__),
         "looplab.version.mlflow": installed("mlflow"),
         "looplab.version.hydra": installed("hydra-core"),
         "looplab.version.looplab": installed("looplab"),

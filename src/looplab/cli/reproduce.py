@@ -63,7 +63,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     reproduce = commands.add_parser(
         "reproduce",
         parents=[common],
-        help="run a recorded run again from the store and check it epoch by epoch",
+        help="rerun a run from the store, checked epoch by epoch",
         description="Read RUN_ID's config from the MLflow store alone, train it again as a new "
         "run tagged looplab.reproduced_from=RUN_ID, and compare every metric at every epoch. "
         "Exit 0 when the histories are identical (within --tolerance), 1 otherwise, with the "
@@ -86,7 +86,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     diff = commands.add_parser(
         "diff",
         parents=[common],
-        help="what differs between two runs: config, choices, versions, data, metrics",
+        help="what differs between two runs, and nothing else",
         description="One table of what differs between two runs: config values, group "
         "choices, versions, commit and dirty state, data digest, device and threads, then "
         "the final and best value of each metric. What is the same is not printed.",
