@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -213,6 +214,21 @@ def test_a_job_whose_process_dies_is_counted_and_its_run_not_left_running(tmp_pa
         0: "FINISHED",
         1: "KILLED",
     }
+
+
+@needs_submitit
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="SLURM's sbatch is here")
+def test_slurm_without_sbatch_is_refused_before_anything_is_recorded(run_cli, tmp_path) -> None:
+    """Fault: `hydra/launcher=slurm` off the cluster creates the parent run, then fails every
+    job with submitit's error, two lines a job, and leaves a FAILED sweep in the store."""
+    done = run_cli("-m", "hydra/launcher=slurm", "model.width=0,8", "train.epochs=1")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "looplab-train: error: hydra/launcher=slurm: there is no `sbatch` on this machine; "
+        "launch the sweep on the cluster's login node, or try it here with "
+        "hydra/launcher=submitit_local"
+    )
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.skipif(RAY, reason="the ray extra is installed")

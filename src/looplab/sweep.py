@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -182,6 +183,16 @@ def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
             _refuse(describe(error), job)
 
 
+def refuse_slurm_elsewhere(launcher_target: str) -> None:
+    """SLURM's launcher submits with `sbatch`: without it (not on the cluster's login node),
+    refuse the sweep before its parent run exists, rather than fail every job after."""
+    if launcher_target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise SweepRefused(
+            "hydra/launcher=slurm: there is no `sbatch` on this machine; launch the sweep on "
+            "the cluster's login node, or try it here with hydra/launcher=submitit_local"
+        )
+
+
 def _refuse(message: str, job: list[Choice]) -> None:
     shown = " ".join(c.text for c in job) or "(no overrides)"
     raise SweepRefused(
@@ -202,6 +213,7 @@ class SweepCallback(Callback):
         if "grid" in str(config.hydra.sweeper.get("_target_", "")):
             refuse_intervals(jobs, swept)
         check_jobs(config.hydra.job.config_name, jobs)
+        refuse_slurm_elsewhere(str(config.hydra.launcher.get("_target_", "")))
         settings = plain_config(_job_part(config))
         if not settings.tracking.enabled:
             return
