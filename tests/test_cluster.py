@@ -148,9 +148,9 @@ def test_a_job_that_raises_elsewhere_is_counted_from_what_the_launcher_hands_bac
         env={"HYDRA_FULL_ERROR": "1"},
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    summary = done.stdout.strip().splitlines()[-1]
-    assert "failed: #1 path=missing.csv: DataError: CSV file not found: " in summary
-    assert summary.split("CSV file not found: ")[1].split(";")[0].endswith("missing.csv")
+    (reason,) = [line for line in done.stdout.splitlines() if line.startswith("failed: #1 ")]
+    assert reason.startswith("failed: #1 path=missing.csv: DataError: CSV file not found: ")
+    assert reason.endswith("missing.csv"), reason
     assert done.stderr.strip().splitlines()[-1] == (
         "looplab-train: error: 1 job(s) of the sweep failed: #1 path=missing.csv"
     )

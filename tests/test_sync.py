@@ -90,7 +90,7 @@ def test_offline_run_then_two_syncs_make_one_complete_run(run_cli, tmp_path: Pat
     assert (record["status"], record["offline"], record["synced"]) == ("FINISHED", True, None)
 
     first = sync(tmp_path, shown)
-    assert "created in" in first.stdout and "6 epochs, 3 files added" in first.stdout
+    assert "created in" in first.stdout and "6 epochs, 5 files added" in first.stdout
     second = sync(tmp_path, shown, "--tracking-uri", store_uri(tmp_path))
     assert "complete in" in second.stdout and "already" in second.stdout, second.stdout
 

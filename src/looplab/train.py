@@ -132,8 +132,8 @@ def _find_sweep(tracker: Any, sweep: str, sweep_dir: Path) -> tuple[str | None, 
     writer to end the previous job's run first."""
     if sweep not in _SWEEP_PARENTS:
         parent_id, swept_keys = tracker.find_sweep(sweep, sweep_dir)
-        if parent_id is None:
-            return None, []
+        if parent_id is None:  # offline (the keys from the sweep folder), or no parent yet
+            return None, swept_keys
         _SWEEP_PARENTS[sweep] = (parent_id, swept_keys)
     return _SWEEP_PARENTS[sweep]
 
