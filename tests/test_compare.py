@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,3 +355,37 @@ def test_cli_errors_are_one_line_and_create_nothing(
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sweep_children_waits_for_runs_a_writer_still_creates_and_ends(tmp_path: Path) -> None:
+    """Fault: the sweep's summary reads its children at once, while the writers of the last
+    jobs (which end their runs without the job waiting) are still creating or ending them: a
+    child missing from the table, or listed as RUNNING. A job lost with its process (not in
+    `ended_jobs`) is not waited for."""
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, exp_id = open_store(uri, "looplab")
+    parent = client.create_run(exp_id, tags={"looplab.role": "sweep"}).info.run_id
+
+    def child(job: int) -> str:
+        tags = {"mlflow.parentRunId": parent, "looplab.role": "job", "looplab.job": str(job)}
+        return client.create_run(exp_id, tags=tags).info.run_id
+
+    ending = child(0)  # created, its end still on the way
+    child(2)  # a lost job's run: RUNNING for good
+
+    def late_writer() -> None:
+        time.sleep(0.5)
+        client.set_terminated(ending, "FINISHED")
+        client.set_terminated(child(1), "FINISHED")  # a run created only now
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    started = time.monotonic()
+    runs = reader.sweep_children(uri, "looplab", parent, ended_jobs={0, 1}, timeout=60)
+    waited = time.monotonic() - started
+    writer.join()
+    assert waited < 30, f"waited {waited:.0f} s: for the lost job's run too, until the timeout"
+    status = {run.data.tags["looplab.job"]: run.info.status for run in runs}
+    assert status == {"0": "FINISHED", "1": "FINISHED", "2": "RUNNING"}
