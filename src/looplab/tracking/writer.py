@@ -425,6 +425,8 @@ class Tracker(_RunFolder):
         tags, artifacts = tags or {}, list(artifacts)
         ended_ms = int(time.time() * 1000)
         self.ending = (status, tags, artifacts, ended_ms)
+        # This run's id, or None until `settle` reads it: never the previous run's.
+        self.finished_run_id = self.run_id
         try:
             self.flush()
             if self.lost is None:
