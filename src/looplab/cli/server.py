@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from looplab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
+from looplab.errors import TrackingError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -70,7 +69,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    from looplab.cli.ui import _check_port, _raise_terminated, _stop, _wait_until_healthy
+    from looplab.cli.ui import _check_port, _link_host, serve
     from looplab.server import server_args, server_env
 
     uri = args.backend_store_uri
@@ -102,33 +101,25 @@ def server_command(args: argparse.Namespace) -> int:
     )
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
-    link_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-    url = f"http://{link_host}:{args.port}"
-    server = subprocess.Popen(
-        command, env=server_env(jobs=args.jobs), stdin=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        _wait_until_healthy(url, server)
+    url = f"http://{_link_host(args.host)}:{args.port}"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            command,
+            env=server_env(jobs=args.jobs),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def ready() -> None:
         print(
             f"MLflow server on {url} (store {_shown(uri)}, artifacts {destination}); train "
             f"against it with: looplab-train tracking=server tracking.uri={url}",
             file=sys.stderr,
             flush=True,
         )
-        code = server.wait()
-        raise TrackingError(f"the MLflow server exited with code {code}")
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Terminated:
-        return EXIT_TERMINATED
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop(server)
-        signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_term)
+
+    return serve(start, url, ready)
 
 
 def _shown(uri: str) -> str:

@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,44 +92,62 @@ def ui_command(args: argparse.Namespace) -> int:
     folder = database.resolve().parent if database else Path(tempfile.gettempdir())
     artifact_root = (folder / "artifacts").as_uri() if database else None
     command = server_command(uri, host, port, artifact_root)
-    # Ctrl-C explicitly too: a shell's `looplab ui &` would otherwise start with it ignored.
+    base_url = f"http://{_link_host(host)}:{port}"
+    log_path = folder / f"mlflow-ui-{port}.log"
+    with log_path.open("w", encoding="utf-8") as log:
+
+        def start() -> subprocess.Popen:
+            return subprocess.Popen(
+                command,
+                env=server_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the server once, cleanly
+            )
+
+        def ready() -> None:
+            link = runs_link(base_url, _experiment_id(base_url, args.experiment, uri))
+            print(f"MLflow UI of experiment {args.experiment!r}: {link}", flush=True)
+            print(f"(Ctrl-C stops it; server log: {log_path})", file=sys.stderr, flush=True)
+
+        return serve(start, base_url, ready, log_path)
+
+
+def serve(
+    start: Callable[[], subprocess.Popen],
+    base_url: str,
+    ready: Callable[[], None],
+    log_path: Path | None = None,
+) -> int:
+    """Start an MLflow server, call `ready` once it answers, and serve until Ctrl-C (130) or
+    SIGTERM (143); stop it however this ends. `looplab ui` and `looplab server` share it.
+
+    Ctrl-C is caught explicitly too: a shell's `looplab ui &` would otherwise start with it
+    ignored. While the server stops (seconds at most), a second Ctrl-C is ignored, so it never
+    leaves the server behind.
+    """
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    server = None
     try:
-        return _serve(command, f"http://{_link_host(host)}:{port}", args.experiment, uri, folder)
+        server = start()
+        _wait_until_healthy(base_url, server, log_path)
+        ready()
+        code = server.wait()
+        see = f"; see {log_path}" if log_path else ""
+        raise TrackingError(f"the MLflow server exited with code {code}{see}")
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if server is not None:
+            _stop(server)
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
-
-
-def _serve(command: list[str], base_url: str, experiment: str, uri: str, folder: Path) -> int:
-    """Start the server, print the link once it answers, and stop it however this ends."""
-    log_path = folder / f"mlflow-ui-{base_url.rsplit(':', 1)[-1]}.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        server = subprocess.Popen(
-            command,
-            env=server_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop the server once, cleanly
-        )
-        try:
-            _wait_until_healthy(base_url, server, log_path)
-            link = runs_link(base_url, _experiment_id(base_url, experiment, uri))
-            print(f"MLflow UI of experiment {experiment!r}: {link}", flush=True)
-            print(f"(Ctrl-C stops it; server log: {log_path})", file=sys.stderr, flush=True)
-            code = server.wait()
-            raise TrackingError(f"the MLflow server exited with code {code}; see {log_path}")
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-        except Terminated:
-            return EXIT_TERMINATED
-        finally:
-            # Stopping takes seconds at most; a second Ctrl-C must not leave the server behind.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            _stop(server)
 
 
 def _link_host(host: str) -> str:

@@ -582,25 +582,35 @@ class _Writer:
 
     def find_sweep(self, sweep_id: str) -> None:
         """Reply with the parent run tagged with this sweep id, and its swept keys."""
+
+        def answer(run: Any) -> tuple[Any, ...]:
+            if run is None:
+                return None, []
+            keys = run.data.tags.get("looplab.swept_keys", "")
+            return run.info.run_id, [k for k in keys.split(",") if k]
+
+        self._reply_with_run(
+            "sweep",
+            f"tags.`looplab.sweep_id` = '{sweep_id}' and tags.`looplab.role` = 'sweep'",
+            answer,
+        )
+
+    def _reply_with_run(
+        self, kind: str, filter_string: str, answer: Any, order_by: list[str] | None = None
+    ) -> None:
+        """Search the experiment for one run and reply `(kind, *answer(run or None))`; an
+        error reply when the store cannot be asked."""
         if self.open_error:
             self.send("error", self.open_error)
             return
         try:
             found = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=(
-                    f"tags.`looplab.sweep_id` = '{sweep_id}' and tags.`looplab.role` = 'sweep'"
-                ),
-                max_results=1,
+                [self.experiment_id], filter_string=filter_string, order_by=order_by, max_results=1
             )
         except Exception as error:
             self.send("error", f"cannot search the MLflow store: {_first_line(error)}")
             return
-        if not found:
-            self.send("sweep", None, [])
-            return
-        keys = found[0].data.tags.get("looplab.swept_keys", "")
-        self.send("sweep", found[0].info.run_id, [k for k in keys.split(",") if k])
+        self.send(kind, *answer(found[0] if found else None))
 
     def start(
         self,
@@ -635,28 +645,18 @@ class _Writer:
     def find_finished(self, config_digest: str, data_digest: str) -> None:
         """Reply with a FINISHED run of the experiment that trained the same config on the
         same data (the newest), and its final val_loss."""
-        if self.open_error:
-            self.send("error", self.open_error)
-            return
-        try:
-            found = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=(
-                    f"tags.`looplab.config_digest` = '{config_digest}' and "
-                    f"tags.`looplab.data.digest` = '{data_digest}' and "
-                    "attributes.status = 'FINISHED'"
-                ),
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-        except Exception as error:
-            self.send("error", f"cannot search the MLflow store: {_first_line(error)}")
-            return
-        if not found:
-            self.send("finished", None, float("nan"))
-            return
-        self.send(
-            "finished", found[0].info.run_id, found[0].data.metrics.get("val_loss", float("nan"))
+
+        def answer(run: Any) -> tuple[Any, ...]:
+            if run is None:
+                return None, float("nan")
+            return run.info.run_id, run.data.metrics.get("val_loss", float("nan"))
+
+        self._reply_with_run(
+            "finished",
+            f"tags.`looplab.config_digest` = '{config_digest}' and "
+            f"tags.`looplab.data.digest` = '{data_digest}' and attributes.status = 'FINISHED'",
+            answer,
+            order_by=["attributes.start_time DESC"],
         )
 
     def metrics(self, epochs: list[tuple[int, int, dict[str, float]]]) -> None:
