@@ -29,7 +29,7 @@ def sweep_runs(uri: str, experiment: str = "looplab"):
     return client, parents[0], children
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["looplab", "joblib"])
 def test_a_sweep_is_one_parent_with_a_named_child_per_job(run_cli, tmp_path, launcher) -> None:
     """Faults: children not linked to their parent (no group in the UI), children named alike,
     job or sweep tags missing, the parent without its counts, best child, table or plot, the

@@ -120,7 +120,7 @@ SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is 
 @pytest.mark.parametrize(
     "launcher",
     [
-        pytest.param([], id="basic"),
+        pytest.param([], id="looplab"),
         pytest.param(
             ["hydra/launcher=submitit_local"],
             id="submitit_local",

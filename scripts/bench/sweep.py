@@ -72,7 +72,7 @@ def job_starts(sweep_dir: Path) -> list[float]:
 def per_job_rows(cfg: Settings, work: Path) -> list[Row]:
     """A job beyond the first of `looplab-train -m experiment=seed seed=1,...,N`, against the
     same sweep of a Hydra app that returns at once, from the times its jobs started: with
-    Hydra's own basic sweeper (Hydra's floor), and with looplab's grid sweeper."""
+    Hydra's own basic sweeper and launcher (Hydra's floor), and with looplab's."""
     jobs = cfg.sweep_jobs
     folders = itertools.count()
 
@@ -98,69 +98,79 @@ def per_job_rows(cfg: Settings, work: Path) -> list[Row]:
         # From the second job's start to the last's: jobs 2 to N-1, whole, nothing else.
         return (starts[-1] - starts[1]) / (jobs - 2)
 
+    hydra_own = ["hydra/sweeper=basic", "hydra/launcher=basic"]
     times = side_by_side(
         {
             "looplab": lambda: per_job("looplab", [CLI]),
-            "Hydra app": lambda: per_job(
-                "Hydra app", [sys.executable, NOOP_APP], "hydra/sweeper=basic"
+            "Hydra app": lambda: per_job("Hydra app", [sys.executable, NOOP_APP], *hydra_own),
+            "app, looplab's sweeper and launcher": lambda: per_job(
+                "app, looplab's sweeper and launcher", [sys.executable, NOOP_APP]
             ),
-            "app, grid sweeper": lambda: per_job("app, grid sweeper", [sys.executable, NOOP_APP]),
             "looplab untracked": lambda: per_job(
                 "looplab untracked", [CLI], "tracking.enabled=false", tracked=False
+            ),
+            "looplab, Hydra's launcher": lambda: per_job(
+                "looplab, Hydra's launcher", [CLI], "hydra/launcher=basic"
             ),
         },
         cfg.per_job_repeats,
     )
     median = medians(times)
     ours, hydra_only = median["looplab"], median["Hydra app"]
-    grid_only = median["app, grid sweeper"]
+    floor_ours = median["app, looplab's sweeper and launcher"]
     untracked = median["looplab untracked"]
+    composing = median["looplab, Hydra's launcher"]
     epochs = compose("experiment=seed").train.epochs
-    floor = Row(
+    against_hydra = Row(
         GROUP,
         f"a job beyond the first of a {jobs}-job sweep, experiment=seed, tracked (SQLite)",
-        "a Hydra app that returns at once, same conf/ and overrides, Hydra's basic sweeper",
+        "a Hydra app that returns at once, same conf/ and overrides, Hydra's basic sweeper "
+        "and launcher",
         ratios(times, "looplab", "Hydra app"),
         "<= 1.3",
         median,
         note=(
-            f"basic launcher, each sweep tracked to a fresh SQLite store; a job's cost is the "
-            f"time from the 2nd job's start to the {jobs}th's over {jobs - 2} (each job's start "
-            "read from the .hydra/config.yaml Hydra writes first), so neither the sweep's "
-            "start-up (the sweep callback's checks and parent run, in both) nor its end is in "
-            "it. 'looplab untracked' is the same sweep with tracking.enabled=false. Hydra's "
-            "basic sweeper composes each job twice (to check the batch, then to launch it); "
-            "looplab's grid sweeper (its default) once, having checked every job before the "
-            "first"
+            f"each sweep tracked to a fresh SQLite store; a job's cost is the time from the "
+            f"2nd job's start to the {jobs}th's over {jobs - 2} (each job's start read from "
+            "the .hydra/config.yaml Hydra writes first), so neither the sweep's start-up (the "
+            "sweep callback's checks and parent run, in both) nor its end is in it. Hydra's "
+            "basic launcher composes every job's config from scratch; looplab's launcher (its "
+            "default) composes once per combination of config groups and gives each job a "
+            "copy with its values set. 'looplab untracked' is the same sweep with "
+            "tracking.enabled=false; 'looplab, Hydra's launcher' with hydra/launcher=basic"
         ),
         why=(
             f"a job beyond the first cost looplab {human(ours)} against {human(hydra_only)} "
             "for Hydra's own work on the same conf/ tree (composing the job's config, its "
-            f"logging and its .hydra/ files). Of looplab's extra {human(ours - hydra_only)}, "
-            f"tracking accounts for {amount(ours - untracked)} (the same sweep untracked took "
-            f"{human(untracked)} a job): the job hands its params, epochs and end to the "
-            "writer process the jobs share and does not wait for it, so this is what the "
-            "writer's work (creating and ending the run in the SQLite store) costs where it "
-            "competes with the next job for the cores; the run itself accounts for "
-            f"{amount(untracked - hydra_only)}: checking the config, loading and splitting the "
-            f"CSV, {epochs} epochs with their console lines, config.yaml and metrics.csv."
+            "logging and its .hydra/ files). On Hydra's basic launcher looplab's job cost "
+            f"{human(composing)}: composing once per group combination saved "
+            f"{amount(composing - ours)} a job, and the app that does nothing cost "
+            f"{human(floor_ours)} a job on looplab's sweeper and launcher. Of looplab's "
+            f"{amount(ours - floor_ours)} over that floor, tracking accounts for "
+            f"{amount(ours - untracked)} (the same sweep untracked took {human(untracked)} a "
+            "job: the job hands its params, epochs and end to the writer process the jobs "
+            "share and does not wait for it, so this is the writer's work competing with the "
+            "next job for the cores), and the run itself for "
+            f"{amount(untracked - floor_ours)}: checking the config, splitting the data, "
+            f"{epochs} epochs with their console lines, config.yaml, metrics.csv and the "
+            "run's record."
         ),
     )
-    grid = Row(
+    against_floor = Row(
         GROUP,
         f"a job beyond the first of a {jobs}-job sweep, experiment=seed, tracked (SQLite)",
-        "the same app on looplab's grid sweeper: the floor looplab's own sweeps stand on",
-        ratios(times, "looplab", "app, grid sweeper"),
+        "the same app on looplab's sweeper and launcher: the floor looplab's own sweeps stand on",
+        ratios(times, "looplab", "app, looplab's sweeper and launcher"),
         "",
         median,
         note=(
-            f"the same repeats as the row above; the app's jobs cost {human(grid_only)} on "
-            f"looplab's grid sweeper against {human(hydra_only)} on Hydra's basic sweeper; "
-            f"looplab's own work a job (the run, and {amount(ours - untracked)} of tracking) is "
-            f"{amount(ours - grid_only)} over that floor"
+            f"the same repeats as the row above; the app's jobs cost {human(floor_ours)} on "
+            f"looplab's sweeper and launcher against {human(hydra_only)} on Hydra's; looplab's "
+            f"own work a job (the run, and {amount(ours - untracked)} of tracking) is "
+            f"{amount(ours - floor_ours)} over that floor"
         ),
     )
-    return [floor, grid]
+    return [against_hydra, against_floor]
 
 
 @dataclass
