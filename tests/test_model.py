@@ -99,3 +99,41 @@ def test_binary_quality_is_accuracy_at_probability_one_half() -> None:
     logits = torch.tensor([[-2.0], [0.5], [3.0], [-0.1]])
     labels = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
     assert quality(logits, labels, "binary", 1.0).item() == pytest.approx(0.5)
+
+
+# --- device=auto: an accelerator only for a step with the work for it -------------------------
+
+
+def test_auto_takes_an_accelerator_only_for_a_step_with_the_work_for_it() -> None:
+    """Faults: auto sending a tiny model to the GPU (slower there: make bench, group cuda),
+    auto never taking it, or keeping to the CPU without saying why."""
+    from looplab.device import AUTO_MIN_STEP_WORK, choose_auto
+
+    small, large = AUTO_MIN_STEP_WORK - 1, AUTO_MIN_STEP_WORK
+    device, reason = choose_auto(["cuda", "cpu"], small)
+    assert device.type == "cpu" and f"a step of {small:,} multiply-adds" in reason
+    assert choose_auto(["cuda", "cpu"], large)[0].type == "cuda"
+    assert choose_auto(["mps", "cpu"], large)[0].type == "mps"
+    assert choose_auto(["cpu"], small) == (choose_auto(["cpu"], small)[0], "")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "work"),
+    [
+        ((), 455 * 30),  # the tutorial: 455 training rows a step, 30 weights
+        (("train.batch_size=32",), 32 * 30),  # a step is a mini-batch
+        (("model.width=8",), 455 * (30 + 1) * 8),  # two layers
+        (("dataset=iris",), 120 * 4 * 3),  # three outputs
+    ],
+)
+def test_the_step_work_auto_weighs_is_the_runs(make_config, monkeypatch, overrides, work) -> None:
+    """Faults: the step's work taken from the whole table instead of a step's rows (batch
+    size ignored), or from one layer, or without the outputs. With no GPU here, auto is
+    shown an accelerator; the work is small enough that it keeps to the CPU and says so."""
+    from looplab import device
+    from looplab.run import prepare
+
+    monkeypatch.setattr(device, "available_devices", lambda: ["cuda", "cpu"])
+    ready = prepare(make_config("device=auto", "tracking.enabled=false", *overrides))
+    assert ready.device.type == "cpu"
+    assert f"a step of {work:,} multiply-adds" in ready.device_reason

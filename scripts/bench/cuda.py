@@ -1,6 +1,7 @@
-"""Group `cuda`: the loop's overhead on a GPU, and a large epoch against the card's matmul floor.
+"""Group `cuda`: the loop's overhead on a GPU, a large epoch against the card's matmul floor,
+and the same epochs on the GPU and on the CPU of the same machine (what `device=auto` buys).
 
-On a machine without CUDA both rows are reported as skipped.
+On a machine without CUDA the rows are reported as skipped.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import Row, Settings
+from bench.harness import Row, Settings, human, medians, ratios, side_by_side
 from bench.loop import loop_row
-from bench.problems import framework_epochs, problem, synthetic
+from bench.problems import Problem, best_epochs, framework_epochs, problem, synthetic
 
 GROUP = "cuda"
 
@@ -26,6 +27,7 @@ def rows(cfg: Settings, work: Path) -> list[Row]:
                 GROUP, "loop overhead on the GPU, breast_cancer full batch", "bare loop", reason
             ),
             Row.skip(GROUP, "large synthetic epoch on the GPU", "matmul floor", reason),
+            Row.skip(GROUP, "an epoch on the GPU", "the same epoch on the CPU", reason),
         ]
     name = torch.cuda.get_device_name()
     result = [
@@ -64,4 +66,90 @@ def rows(cfg: Settings, work: Path) -> list[Row]:
             note=f"{name}, {rate / 1e12:.1f} TFLOP/s matmul",
         )
     )
-    return result
+    del big, a
+    torch.cuda.empty_cache()
+    return result + device_rows(cfg, name)
+
+
+CROSSOVER = [
+    (64, 256),
+    (64, 4096),
+    (256, 256),
+    (256, 1024),
+    (256, 4096),
+    (1024, 256),
+    (1024, 1024),
+    (64, None),
+]
+
+
+def step_work(width: int, batch: int | None, rows: int = 40_000, features: int = 32) -> int:
+    """Multiply-adds of a forward step: rows a step x the weights of both layers."""
+    return (batch or rows) * (features * width + width)
+
+
+def device_rows(cfg: Settings, card: str) -> list[Row]:
+    """One epoch on the GPU against the same epoch on this machine's CPU, small to large:
+    where `device=auto` (the GPU when there is one) pays, and where it costs."""
+    cases: list[tuple[str, Problem, Problem]] = [
+        (
+            "the tutorial's: breast_cancer, width 0, full batch",
+            problem("breast_cancer", device="cuda"),
+            problem("breast_cancer", device="cpu"),
+        ),
+        (
+            "digits, width 256, batch 64",
+            problem(
+                "digits", "dataset=digits", "model.width=256", "train.batch_size=64", device="cuda"
+            ),
+            problem(
+                "digits", "dataset=digits", "model.width=256", "train.batch_size=64", device="cpu"
+            ),
+        ),
+        (
+            "synthetic 200,000 rows, width 1024, batch 4096",
+            synthetic(200_000, 1024, 4096, device="cuda"),
+            synthetic(200_000, 1024, 4096, device="cpu"),
+        ),
+    ]
+    # Where the GPU starts to pay: multiply-adds a step (rows a step x weights) from small
+    # to large, on the same synthetic rows.
+    for width, batch in CROSSOVER:
+        cases.append(
+            (
+                f"synthetic 50,000 rows, width {width}, batch {batch or 'full'} "
+                f"({step_work(width, batch):,} multiply-adds a step)",
+                synthetic(50_000, width, batch, device="cuda"),
+                synthetic(50_000, width, batch, device="cpu"),
+            )
+        )
+    threads = torch.get_num_threads()
+    rows = []
+    for label, on_gpu, on_cpu in cases:
+        epochs = best_epochs(lambda e, p=on_cpu: framework_epochs(p, e), cfg.budget)
+        times = side_by_side(
+            {
+                "GPU": lambda p=on_gpu, e=epochs: framework_epochs(p, e),
+                "CPU": lambda p=on_cpu, e=epochs: framework_epochs(p, e),
+            },
+            cfg.repeats,
+        )
+        median = medians(times)
+        faster = "GPU" if median["GPU"] < median["CPU"] else "CPU"
+        rows.append(
+            Row(
+                GROUP,
+                f"an epoch on the GPU, {label}",
+                f"the same epoch on this machine's CPU ({threads} torch threads)",
+                ratios(times, "GPU", "CPU"),
+                "",
+                median,
+                note=f"{card}; {epochs} epochs a repeat, looplab's loop with run.py's callbacks",
+                why=(
+                    f"an epoch took {human(median['GPU'])} on the GPU and "
+                    f"{human(median['CPU'])} on the CPU: the {faster} is faster here by "
+                    f"{max(median.values()) / min(median.values()):.1f}x"
+                ),
+            )
+        )
+    return rows

@@ -223,7 +223,10 @@ def header(invocation: str, date: str, seconds: float, machine_text: str) -> str
         "the median of the repeats with min and max. Absolute times are for information only. "
         "A row that misses its goal says why, in numbers taken from this same run. The "
         "Lightning rows need the optional `bench` extra (`pip install -e '.[bench]'`), which "
-        "`make bench` installs when it is missing."
+        "`make bench` installs when it is missing. The `cuda` group's rows need a CUDA GPU; "
+        "the last ones measured on one are in [benchmarks-cuda.md](benchmarks-cuda.md), made "
+        "with `python -m bench --only cuda --out DIR` there, and `python -m bench "
+        "--render-from docs/benchmarks-cuda.json` rewrites it."
     )
 
 

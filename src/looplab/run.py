@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from looplab import data as datasets
 from looplab.config import identity, params, rerunnable, run_name, validate
-from looplab.device import resolve_device
+from looplab.device import resolve_device, step_work
 from looplab.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -156,6 +156,7 @@ class Prepared:
     quality_name: str
     generator: torch.Generator
     threads: int
+    device_reason: str = ""  # why device=auto kept to the CPU beside an accelerator
 
 
 def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
@@ -168,7 +169,6 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     dtype = getattr(torch, cfg.train.dtype)
-    device = resolve_device(cfg.device.name)
     split = datasets.load(
         cfg.dataset.name,
         **table_settings(cfg),
@@ -176,6 +176,14 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
         test_size=cfg.dataset.test_size,
         seed=cfg.seed,
     )
+    n_train = len(split.y_train)
+    work = step_work(
+        min(cfg.train.batch_size or n_train, n_train),
+        split.n_features,
+        split.n_outputs,
+        cfg.model.width,
+    )
+    device, device_reason = resolve_device(cfg.device.name, work)
     tensors = datasets.to_device(split, device, dtype)
     task, target_std = split.task, split.target_std
     # Keep the description, drop the float64 NumPy copy: only the device tensors train.
@@ -210,6 +218,7 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
         quality_name="val_rmse" if task == "regression" else "val_accuracy",
         generator=torch.Generator(device=device).manual_seed(cfg.seed),
         threads=threads,
+        device_reason=device_reason,
     )
 
 
@@ -232,6 +241,8 @@ def _execute(
     )
     # In a sweep the task line goes to train.log only: the console keeps one line per job.
     log.info(console.prefix + info.describe(), extra={"file_only": bool(console.prefix)})
+    if ready.device_reason:
+        log.info(console.prefix + ready.device_reason, extra={"file_only": bool(console.prefix)})
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
