@@ -184,11 +184,14 @@ def machine() -> str:
 
 
 def note_lines(row: Row) -> list[str]:
-    """A row's note, and under it why it misses (only when it does)."""
+    """A row's note, and under it why it misses, or where the time goes in a row that holds
+    and says so."""
     missed = row.verdict.startswith("MISS")
-    if not row.note and not missed:
+    if not row.note and not missed and not row.why:
         return []
     lines = [f"- **{row.figure}**" + (f": {row.note}" if row.note else "")]
+    if row.why and not missed and not row.skipped:
+        lines.append(f"  - **Where the time goes:** {row.why}")
     if missed:
         why = row.why or "not profiled yet; the times column holds the contenders' medians."
         bound = float(row.goal.split()[1])
