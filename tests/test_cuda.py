@@ -77,7 +77,7 @@ def fit_prepared(ready, epochs: int, batch_size: int | None = None) -> list:
 
 # float32: the GPU's kernels sum in another order than the CPU's; float64: as close as the
 # kernels allow, over the whole run.
-TOLERANCES = {"float32": {"rtol": 1e-4, "atol": 1e-6}, "float64": {"rtol": 1e-10, "atol": 1e-12}}
+TOLERANCES = {"float32": {"rtol": 1e-6, "atol": 1e-6}, "float64": {"rtol": 1e-13, "atol": 1e-13}}
 
 
 @pytest.mark.parametrize("dtype", sorted(TOLERANCES))

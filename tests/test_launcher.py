@@ -43,17 +43,28 @@ def job_files(sweep_dir: Path, launcher: str) -> dict[str, dict]:
     return found
 
 
+# A value, then an override Hydra applies after it to the same key: every job trains 1 epoch
+# (0 epochs would be refused by the sweep's check).
+IN_ORDER = ["train.epochs=0,2", "++train.epochs=1", "update=manual,sgd", "tracking.enabled=false"]
+
+
+def sweep_job_files(run_cli, tmp_path: Path, sweep: list[str]) -> dict[str, dict[str, dict]]:
+    """The jobs' .hydra/ files of the same sweep on Hydra's basic launcher and on looplab's."""
+    files = {}
+    for launcher in ("basic", "looplab"):
+        sweep_dir = tmp_path / launcher
+        done = run_cli("-m", f"hydra/launcher={launcher}", *sweep, f"hydra.sweep.dir={sweep_dir}")
+        assert done.returncode == 0, done.stderr
+        files[launcher] = job_files(sweep_dir, launcher)
+    return files
+
+
 def test_every_job_gets_the_config_hydras_basic_launcher_composes(run_cli, tmp_path) -> None:
     """Faults: a job given another job's values or groups (a composition shared too widely),
     a value set otherwise than Hydra sets it (null, a quoted string), `hydra.overrides.task`
     or `hydra.job.override_dirname` left as the shared composition's, the override dirname's
     exclude_keys ignored."""
-    files = {}
-    for launcher in ("basic", "looplab"):
-        sweep_dir = tmp_path / launcher
-        done = run_cli("-m", f"hydra/launcher={launcher}", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
-        assert done.returncode == 0, done.stderr
-        files[launcher] = job_files(sweep_dir, launcher)
+    files = sweep_job_files(run_cli, tmp_path, SWEEP)
     assert len(files["basic"]) == 8 * 3  # config.yaml, hydra.yaml, overrides.yaml a job
     assert files["looplab"] == files["basic"]
     dirnames = {
@@ -61,6 +72,16 @@ def test_every_job_gets_the_config_hydras_basic_launcher_composes(run_cli, tmp_p
         for n in range(8)
     }
     assert len(dirnames) == 8 and not any("epochs" in name for name in dirnames)
+
+
+def test_an_override_after_a_value_is_applied_after_it(run_cli, tmp_path) -> None:
+    """Faults: `++key` (or `+key`, `~key`) applied before a value typed ahead of it, as part
+    of a shared composition, by the launcher (the job keeps its own value) or by the sweep's
+    check (it refuses the sweep over a value Hydra overrides)."""
+    files = sweep_job_files(run_cli, tmp_path, IN_ORDER)
+    assert files["looplab"] == files["basic"]
+    epochs = {files["looplab"][f"{n}/.hydra/config.yaml"]["train"]["epochs"] for n in range(4)}
+    assert epochs == {1}
 
 
 def test_a_sweep_is_composed_once_per_combination_of_groups(run_cli, tmp_path) -> None:

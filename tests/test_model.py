@@ -114,7 +114,7 @@ def test_auto_takes_an_accelerator_only_for_a_step_with_the_work_for_it() -> Non
     assert device.type == "cpu" and f"a step of {small:,} multiply-adds" in reason
     assert choose_auto(["cuda", "cpu"], large)[0].type == "cuda"
     assert choose_auto(["mps", "cpu"], large)[0].type == "mps"
-    assert choose_auto(["cpu"], small) == (choose_auto(["cpu"], small)[0], "")
+    assert choose_auto(["cpu"], small) == (torch.device("cpu"), "")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import torch
 from bench.harness import Row, Settings, human, medians, ratios, side_by_side
 from bench.loop import loop_row
 from bench.problems import Problem, best_epochs, framework_epochs, problem, synthetic
+from looplab.device import step_work
 
 GROUP = "cuda"
 
@@ -83,9 +84,10 @@ CROSSOVER = [
 ]
 
 
-def step_work(width: int, batch: int | None, rows: int = 40_000, features: int = 32) -> int:
-    """Multiply-adds of a forward step: rows a step x the weights of both layers."""
-    return (batch or rows) * (features * width + width)
+def synthetic_step_work(width: int, batch: int | None) -> int:
+    """`device=auto`'s measure of a step of `synthetic(50_000, width, batch)`: 40,000
+    training rows, 32 features, one output."""
+    return step_work(batch or 40_000, 32, 1, width)
 
 
 def device_rows(cfg: Settings, card: str) -> list[Row]:
@@ -118,7 +120,7 @@ def device_rows(cfg: Settings, card: str) -> list[Row]:
         cases.append(
             (
                 f"synthetic 50,000 rows, width {width}, batch {batch or 'full'} "
-                f"({step_work(width, batch):,} multiply-adds a step)",
+                f"({synthetic_step_work(width, batch):,} multiply-adds a step)",
                 synthetic(50_000, width, batch, device="cuda"),
                 synthetic(50_000, width, batch, device="cpu"),
             )

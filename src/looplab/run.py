@@ -169,6 +169,8 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     dtype = getattr(torch, cfg.train.dtype)
+    # A device that is not here is refused before the data loads; auto is weighed after.
+    device, device_reason = resolve_device(cfg.device.name)
     split = datasets.load(
         cfg.dataset.name,
         **table_settings(cfg),
@@ -176,14 +178,11 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
         test_size=cfg.dataset.test_size,
         seed=cfg.seed,
     )
-    n_train = len(split.y_train)
-    work = step_work(
-        min(cfg.train.batch_size or n_train, n_train),
-        split.n_features,
-        split.n_outputs,
-        cfg.model.width,
-    )
-    device, device_reason = resolve_device(cfg.device.name, work)
+    if cfg.device.name == "auto":
+        n_train = len(split.y_train)
+        rows_a_step = min(cfg.train.batch_size or n_train, n_train)
+        work = step_work(rows_a_step, split.n_features, split.n_outputs, cfg.model.width)
+        device, device_reason = resolve_device("auto", work)
     tensors = datasets.to_device(split, device, dtype)
     task, target_std = split.task, split.target_std
     # Keep the description, drop the float64 NumPy copy: only the device tensors train.

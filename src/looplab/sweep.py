@@ -168,19 +168,30 @@ def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
 
     bases: dict[tuple[str, ...], DictConfig] = {}
     for job in jobs:
-        groups = tuple(c.text for c in job if c.is_group or not c.plain)
+        values = [c for c in job if c.plain and not c.is_group]
+        groups = tuple(c.text for c in job if c not in values)
+        if values and any(_in_order(c) for c in job[job.index(values[0]) :]):
+            # Hydra applies it after the values typed before it: compose the job whole
+            values, groups = [], tuple(c.text for c in job)
         try:
             if groups not in bases:
                 bases[groups] = compose(config_name=config_name, overrides=list(groups))
             cfg = bases[groups].copy()
-            for choice in job:
-                if choice.plain and not choice.is_group:
-                    OmegaConf.update(cfg, choice.key, choice.value, merge=False)
+            for choice in values:
+                OmegaConf.update(cfg, choice.key, choice.value, merge=False)
             validate(plain_config(cfg))
         except LooplabError as error:
             _refuse(str(error), job)
         except Exception as error:  # Hydra's and OmegaConf's own: worded as one line
             _refuse(describe(error), job)
+
+
+def _in_order(choice: Choice) -> bool:
+    """An override Hydra applies to the composed config in its place among the values (`+key`,
+    `++key`, `~key`, a package, a group given a dict), not one that picks a group's config."""
+    if choice.plain and not choice.is_group:
+        return False
+    return not (choice.plain and choice.is_group and not isinstance(choice.value, dict))
 
 
 def refuse_slurm_elsewhere(launcher_target: str) -> None:

@@ -7,11 +7,16 @@ nothing costs. The jobs of a sweep mostly differ in values only (`seed=1,2,3`,
 group choices, through Hydra's own config loader, and gives each job a copy (about 3 ms)
 with its values set as Hydra sets them (a `key=value` merged into the struct config), and
 the Hydra fields that name the job's overrides (`hydra.overrides.task`,
-`hydra.job.override_dirname`) made as Hydra makes them. A job with any other override (`+key`,
-`~key`, `key@package`, a group) shares a composition only with jobs that have the same such
-overrides; a value that does not fit its key is composed by Hydra in full, so the error
-is Hydra's own. `tests/test_launcher.py` holds every job's `.hydra/` files against the
-basic launcher's.
+`hydra.job.override_dirname`) made as Hydra makes them.
+
+A job's other overrides (a group's choice, `+key`, `++key`, `~key`, `key@package`) are part
+of the composition it shares with the jobs that have the same ones, as long as none of them
+comes after a value: Hydra applies `+key`, `++key` and `~key` in their place among the
+values, so such a job is composed whole, as is one whose value does not fit its key (the
+config and any error are then Hydra's own). The environment Hydra copies into
+`hydra.job.env_set` and `hydra.runtime.cwd` are those of the composition, not of each job:
+looplab changes neither between jobs. `tests/test_launcher.py` holds every job's `.hydra/`
+files against the basic launcher's.
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ class LooplabLauncher(Launcher):
         parsed = OverridesParser.create().parse_overrides(overrides)
         values = [o for o in parsed if self._is_value(o)]
         rest = tuple(o.input_line for o in parsed if not self._is_value(o))
+        first_value = parsed.index(values[0]) if values else len(parsed)
+        if any(self._in_order(o) for o in parsed[first_value:]):
+            # Hydra applies it after the values typed before it: only a whole compose keeps
+            # that order (`train.lr=0.1 ++train.lr=0.5` is 0.5)
+            log.debug(f"composed the whole config of {' '.join(overrides)}")
+            return loader.load_sweep_config(self.config, overrides)
         if rest not in self.compositions:
             self.compositions[rest] = loader.load_sweep_config(self.config, list(rest))
             log.debug(f"composed the config of {' '.join(rest) or 'no group overrides'}")
@@ -110,17 +121,28 @@ class LooplabLauncher(Launcher):
 
     def _is_value(self, override: Override) -> bool:
         """A plain `key=value` of the job's config: neither a group nor Hydra's own."""
-        assert self.config is not None
-        key = override.key_or_group
         return (
             override.type == OverrideType.CHANGE
             and override.package is None
             and not override.is_sweep_override()
             and not override.is_hydra_override()
-            and "/" not in key
-            and key not in self.config.hydra.runtime.choices
-            and key not in self.groups
+            and not self._is_group(override.key_or_group)
         )
+
+    def _in_order(self, override: Override) -> bool:
+        """An override Hydra applies to the composed config in its place among the values
+        (`+key`, `++key`, `~key`, `key@package`, a group given a dict), not one that only
+        picks what is composed (a group's choice) or sets Hydra's own keys."""
+        if self._is_value(override) or override.is_hydra_override():
+            return False
+        picks_a_config = self._is_group(override.key_or_group) and not isinstance(
+            override.value(), dict
+        )
+        return not picks_a_config
+
+    def _is_group(self, key: str) -> bool:
+        assert self.config is not None
+        return "/" in key or key in self.config.hydra.runtime.choices or key in self.groups
 
 
 def _override_dirname(task: list[Override], job: DictConfig) -> str:
