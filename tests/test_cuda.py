@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import IMPLS_BY_UPDATES, assert_the_four_ways_agree
 
-from looplab.loop import fit
 from looplab.run import execute, prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -61,18 +60,8 @@ def test_mini_batches_on_cuda(make_config, tmp_path) -> None:
 
 
 def fit_prepared(ready, epochs: int, batch_size: int | None = None) -> list:
-    """`fit` on what `run.prepare` built, as `execute` calls it, with no callbacks."""
-    return fit(
-        ready.model,
-        ready.loss,
-        ready.update,
-        ready.data,
-        epochs=epochs,
-        quality=ready.quality,
-        quality_name=ready.quality_name,
-        batch_size=batch_size,
-        generator=ready.generator,
-    )
+    """What `execute` trains, with no callbacks."""
+    return ready.fit(epochs, batch_size)
 
 
 # float32: the GPU's kernels sum in another order than the CPU's; float64: as close as the

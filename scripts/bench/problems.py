@@ -24,7 +24,6 @@ from omegaconf import DictConfig
 from bench.harness import Seconds
 from looplab import data as datasets
 from looplab.config import config_dir, plain_config, register
-from looplab.loop import fit
 from looplab.model import (
     MANUAL_LOSSES,
     build_model,
@@ -165,18 +164,7 @@ def framework_epochs(
     if around:
         around("start")
     start = time.perf_counter()
-    fit(
-        ready.model,
-        ready.loss,
-        ready.update,
-        ready.data,
-        epochs=epochs,
-        quality=ready.quality,
-        quality_name=ready.quality_name,
-        batch_size=p.cfg.train.batch_size,
-        generator=ready.generator,
-        callbacks=given if callbacks else [],
-    )
+    ready.fit(epochs, p.cfg.train.batch_size, given if callbacks else [])
     sync(ready.device)
     console.close()
     csv.close()

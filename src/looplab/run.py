@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +32,7 @@ from looplab.errors import (
     DivergedError,
     Terminated,
 )
-from looplab.loop import EpochResult, fit
+from looplab.loop import EpochCallback, EpochResult, fit
 from looplab.model import LossFn, build_model, loss_function, quality
 from looplab.reporting import ConsoleReport, MetricsCsv
 from looplab.tracking import OfflineTracker, Tracker, start_tracker
@@ -157,6 +157,23 @@ class Prepared:
     generator: torch.Generator
     threads: int
     device_reason: str = ""  # why device=auto kept to the CPU beside an accelerator
+
+    def fit(
+        self, epochs: int, batch_size: int | None, callbacks: Sequence[EpochCallback] = ()
+    ) -> list[EpochResult]:
+        """`loop.fit` on these parts: what a run, `make bench` and the tests train."""
+        return fit(
+            self.model,
+            self.loss,
+            self.update,
+            self.data,
+            epochs=epochs,
+            quality=self.quality,
+            quality_name=self.quality_name,
+            batch_size=batch_size,
+            generator=self.generator,
+            callbacks=callbacks,
+        )
 
 
 def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
@@ -292,18 +309,7 @@ def _execute(
     end_tags: dict[str, str] = {}
     failure: BaseException | None = None
     try:
-        fit(
-            ready.model,
-            ready.loss,
-            ready.update,
-            ready.data,
-            epochs=cfg.train.epochs,
-            quality=ready.quality,
-            quality_name=ready.quality_name,
-            batch_size=cfg.train.batch_size,
-            generator=ready.generator,
-            callbacks=callbacks,
-        )
+        ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks)
         result.status = "FINISHED"
     except DivergedError as error:
         result.status, result.exit_code, result.error = "FAILED", EXIT_FAILED, str(error)
