@@ -53,7 +53,8 @@ class LooplabLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         # The config composed for each combination of a job's non-value overrides.
         self.compositions: dict[tuple[str, ...], DictConfig] = {}
-        self.groups: frozenset[str] = frozenset()  # the config groups at the top of conf/
+        # The config groups at the top of the search path; a nested one has a `/` in its key.
+        self.groups: frozenset[str] = frozenset()
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -97,9 +98,10 @@ class LooplabLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
         parsed = OverridesParser.create().parse_overrides(overrides)
-        values = [o for o in parsed if self._is_value(o)]
-        rest = tuple(o.input_line for o in parsed if not self._is_value(o))
-        first_value = parsed.index(values[0]) if values else len(parsed)
+        is_value = [self._is_value(o) for o in parsed]
+        values = [o for o, value in zip(parsed, is_value, strict=True) if value]
+        rest = tuple(o.input_line for o, value in zip(parsed, is_value, strict=True) if not value)
+        first_value = is_value.index(True) if values else len(parsed)
         if any(self._in_order(o) for o in parsed[first_value:]):
             # Hydra applies it after the values typed before it: only a whole compose keeps
             # that order (`train.lr=0.1 ++train.lr=0.5` is 0.5)
@@ -141,8 +143,7 @@ class LooplabLauncher(Launcher):
         return not picks_a_config
 
     def _is_group(self, key: str) -> bool:
-        assert self.config is not None
-        return "/" in key or key in self.config.hydra.runtime.choices or key in self.groups
+        return "/" in key or key in self.groups
 
 
 def _override_dirname(task: list[Override], job: DictConfig) -> str:
