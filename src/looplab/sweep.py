@@ -160,9 +160,10 @@ def refuse_intervals(jobs: list[list[Choice]], swept: list[str]) -> None:
 def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
     """Compose and validate every job before the first one runs.
 
-    Jobs that share their group choices share one composition; their values are applied to
-    a copy of it, which the schema still type-checks. A job with an unusual override (`+key`,
-    `~key`, a package) is composed on its own.
+    Jobs that share their group choices and other overrides (`+key`, `~key`, a package) share
+    one composition; their values are applied to a copy of it, which the schema still
+    type-checks. A job with such an override after a value is composed whole: Hydra applies
+    it in its place among the values.
     """
     from looplab.train import describe
 
