@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.errors import TrackingError
-from looplab.tracking.store import check_server
+from looplab.tracking.store import HEARTBEAT_TAG, PARENT_TAG, REAPED_TAG, check_server
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,10 +32,7 @@ ROLE, SWEEP_ID, SWEPT_KEYS, JOB = (
     "looplab.swept_keys",
     "looplab.job",
 )
-PARENT = "mlflow.parentRunId"
-# Written by the writer process at most every 30 s while a run runs (ms since the epoch).
-HEARTBEAT = "looplab.heartbeat"
-REAPED = "looplab.reaped"
+PARENT, HEARTBEAT, REAPED = PARENT_TAG, HEARTBEAT_TAG, REAPED_TAG
 # A RUNNING run whose heartbeat is older than this (seconds) is shown as LOST.
 LOST_AFTER_SECONDS = 300.0
 # Metrics in the order a reader expects them; any others follow, sorted.

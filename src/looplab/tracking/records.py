@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from looplab.errors import TrackingError
-from looplab.tracking import reader
+from looplab.tracking import reader, store
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -67,11 +67,6 @@ def histories(uri: str, run: Run) -> dict[str, list[tuple[int, float]]]:
 
 def find_tagged(uri: str, experiment: str, key: str, value: str) -> Run | None:
     """The newest run of `experiment` whose tag `key` is `value`, or None."""
-    found = reader._call(
-        reader.client(uri).search_runs,
-        [reader.experiment_id(uri, experiment)],
-        filter_string=f"tags.`{key}` = '{value}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return reader._remember(list(found), uri)[0] if found else None
+    client, experiment_id = reader.client(uri), reader.experiment_id(uri, experiment)
+    found = reader._call(store.find_tagged, client, experiment_id, key, value, newest_first=True)
+    return reader._remember([found], uri)[0] if found else None

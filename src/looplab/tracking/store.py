@@ -12,6 +12,38 @@ from typing import Any
 
 HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
 DEFAULT_EXPERIMENT = "looplab"
+# What the writer, `looplab sync` and the reader agree on: MLflow's limits on one call and
+# one param, and the tags one of them writes and another reads.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
+PARENT_TAG = "mlflow.parentRunId"
+HEARTBEAT_TAG = "looplab.heartbeat"  # ms since the epoch, at most every 30 s while a run runs
+REAPED_TAG = "looplab.reaped"
+
+
+def find_tagged(
+    client: Any, experiment_id: str, key: str, value: str, newest_first: bool = False
+) -> Any:
+    """The run of the experiment whose tag `key` is `value` (the newest, if several), or None."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{key}` = '{value}'",
+        order_by=["attributes.start_time DESC"] if newest_first else None,
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def param_batches(params: dict[str, Any]) -> list[list[Any]]:
+    """`params` as MLflow Params cut to MLflow's length, in batches of one call each."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+    return [
+        items[start : start + MAX_PARAMS_PER_BATCH]
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH)
+    ]
 
 
 def default_store_uri(launch_dir: Path | None = None) -> str:

@@ -16,12 +16,15 @@ from typing import Any
 
 from looplab.errors import TrackingError
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
-from looplab.tracking.store import open_store
-
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_PER_BATCH = 100
-MAX_PARAM_LENGTH = 6000
-PARENT_TAG = "mlflow.parentRunId"
+from looplab.tracking.store import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_LENGTH,
+    PARENT_TAG,
+    REAPED_TAG,
+    find_tagged,
+    open_store,
+    param_batches,
+)
 
 
 @dataclass
@@ -164,11 +167,11 @@ def sync_record(
     parent_id: str | None = None,
 ) -> Synced:
     """Make the store's run for `record` complete; add only what it lacks."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, RunTag
 
     if record.status == "RUNNING":
         raise TrackingError(_not_ended(folder))
-    run = _find(client, exp_id, record.record_id)
+    run = find_tagged(client, exp_id, RECORD_ID_TAG, record.record_id)
     created = run is None
     tags = {**record.tags, RECORD_ID_TAG: record.record_id}
     if parent_id:
@@ -178,14 +181,9 @@ def sync_record(
             exp_id, start_time=record.start_time_ms, run_name=record.name, tags=tags
         )
     run_id = run.info.run_id
-    have_params = run.data.params
-    params = [
-        Param(k, str(v)[:MAX_PARAM_LENGTH])
-        for k, v in record.params.items()
-        if k not in have_params
-    ]
-    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
+    missing_params = {k: v for k, v in record.params.items() if k not in run.data.params}
+    for batch in param_batches(missing_params):
+        client.log_batch(run_id, params=batch)
     missing_tags = {**tags, **record.end_tags}
     missing = [  # an empty value (an offline sweep's best run id) never hides the store's
         RunTag(k, str(v)[:MAX_PARAM_LENGTH])
@@ -202,8 +200,8 @@ def sync_record(
     ended = run.info.status != record.status or run.info.end_time != record.end_time_ms
     if ended:
         client.set_terminated(run_id, record.status, end_time=record.end_time_ms)
-    if "looplab.reaped" in run.data.tags:  # found lost while its record waited to be synced
-        client.delete_tag(run_id, "looplab.reaped")
+    if REAPED_TAG in run.data.tags:  # found lost while its record waited to be synced
+        client.delete_tag(run_id, REAPED_TAG)
         ended = True
     record.synced, record.pending = {"uri": uri, "run_id": run_id}, False
     record.write(folder)
@@ -215,13 +213,6 @@ def _not_ended(folder: Path) -> str:
         f"{folder}: the run has not ended (it is still training, or its process was killed "
         "before it could end it); nothing was sent"
     )
-
-
-def _find(client: Any, exp_id: str, record_id: str) -> Any:
-    found = client.search_runs(
-        [exp_id], filter_string=f"tags.`{RECORD_ID_TAG}` = '{record_id}'", max_results=2
-    )
-    return found[0] if found else None
 
 
 def _add_epochs(client: Any, run_id: str, folder: Path, metric: Any) -> int:

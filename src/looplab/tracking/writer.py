@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 
 from looplab.errors import TrackingError
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, shown
-from looplab.tracking.store import open_store
+from looplab.tracking.store import (
+    HEARTBEAT_TAG,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_LENGTH,
+    find_tagged,
+    open_store,
+    param_batches,
+)
 
 if TYPE_CHECKING:  # the writer process must not pay for importing torch
     from omegaconf import DictConfig
@@ -51,9 +58,6 @@ if TYPE_CHECKING:  # the writer process must not pay for importing torch
 SEND_SECONDS = 0.5
 SEND_EPOCHS = 500
 # MLflow's own limits per log_batch call.
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_PER_BATCH = 100
-MAX_PARAM_LENGTH = 6000
 # How long the parent waits for the store to answer when it opens it or starts a sweep.
 CONNECT_TIMEOUT_SECONDS = 60.0
 # How long the parent waits for the writer beyond `tracking.wait_s` at the end of a run: the
@@ -67,7 +71,6 @@ WRITER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 4.0
 # The heartbeat tag on a running run: updated at most this often (seconds).
-HEARTBEAT_TAG = "looplab.heartbeat"
 HEARTBEAT_SECONDS = 30.0
 # A writer whose trainer died tries this long to end the run as KILLED.
 ABANDON_WAIT_SECONDS = 30.0
@@ -248,6 +251,7 @@ class Tracker(_RunFolder):
 
     def __init__(self, uri: str, experiment: str, wait_s: float = DEFAULT_WAIT_SECONDS) -> None:
         self.uri, self.experiment, self.wait_s = uri, experiment, wait_s
+        self.note: str | None = None  # an informative line for the user at the end of a run
         self._reset()
         env = {**WRITER_HTTP_ENV, **os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self.process = subprocess.Popen(
@@ -274,8 +278,6 @@ class Tracker(_RunFolder):
         self.idle = False  # the run ended and the writer waits in _IDLE for the next one
         # Set when the writer went away mid-run: training goes on, and the user is told.
         self.lost: str | None = None
-        self.note: str | None = None  # an informative line for the user at the end
-        self.start_error: str | None = None
         self.record_dir: Path | None = None
         self.end_pending = False  # "end" sent, its answer not read yet (see `settle`)
         # What `finish` was told, for `settle` to record once the writer has answered.
@@ -323,10 +325,8 @@ class Tracker(_RunFolder):
                 return reply
             if reply[0] == "started":
                 self.run_id = reply[1]
-            elif reply[0] == "start_failed":
-                if kind == "started":
-                    raise TrackingError(reply[1])
-                self.start_error = reply[1]
+            elif reply[0] == "start_failed" and kind == "started":
+                raise TrackingError(reply[1])
 
     def _ensure_open(self) -> None:
         """Wait, once per writer, until the store answers (or fail in seconds if it never
@@ -368,7 +368,7 @@ class Tracker(_RunFolder):
         take everything.
         """
         self._ensure_open()
-        self.note = self.start_error = None
+        self.note = None
         files = [(str(path), artifact_path) for path, artifact_path in artifacts]
         started = start_time_ms or int(time.time() * 1000)
         self._open_record(record_dir, run_name, params, tags, started, offline=False)
@@ -465,9 +465,7 @@ class Tracker(_RunFolder):
                 if reusable:
                     self.finished_run_id = self.run_id
                     self._close_record(status, tags, artifacts, ended_ms, self._synced())
-                    note = self.note
                     self._reset()
-                    self.note = note
                     self.idle = True
                     _IDLE[(self.uri, self.experiment)] = self
                     return warning
@@ -624,17 +622,14 @@ class _Writer:
         if self.open_error:
             self.send("error", self.open_error)
             return
-        from mlflow.entities import Param
-
         self._new_run()
         self.record_id = tags.get(RECORD_ID_TAG)
         now_ms = str(int(time.time() * 1000))
         source_tags, git_diff = _source_tags()
         tags = {**source_tags, **tags, HEARTBEAT_TAG: now_ms}
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         self.queue.append(["create", run_name, tags, start_time_ms])
-        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.queue.append(["params", items[start : start + MAX_PARAMS_PER_BATCH]])
+        for batch in param_batches(params):
+            self.queue.append(["params", batch])
         if files:
             self.queue.append(["files", list(files)])
         if git_diff:
@@ -796,12 +791,8 @@ class _Writer:
         """The run a create that seemed to fail made after all (found by its record id)."""
         if not self.record_id:
             return None
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{RECORD_ID_TAG}` = '{self.record_id}'",
-            max_results=1,
-        )
-        return found[0].info.run_id if found else None
+        found = find_tagged(self.client, self.experiment_id, RECORD_ID_TAG, self.record_id)
+        return found.info.run_id if found else None
 
     def _failed(self, error: BaseException) -> None:
         """The store did not answer: try again later, each time a little later."""
