@@ -36,6 +36,7 @@ from looplab.loop import EpochCallback, EpochResult, fit
 from looplab.model import LossFn, build_model, loss_function, quality
 from looplab.reporting import ConsoleReport, MetricsCsv
 from looplab.tracking import OfflineTracker, Tracker, start_tracker
+from looplab.tracking.record import shown
 from looplab.update import Updater, build_update
 
 log = logging.getLogger("looplab")
@@ -434,21 +435,13 @@ def closing_line(result: RunResult, output_dir: Path, hint: bool = True) -> str:
     last = result.history[-1].metrics if result.history else {}
     numbers = ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "no epoch finished"
     epochs = f"{len(result.history)} epochs" if result.history else "0 epochs"
-    where = f"files in {_shown(output_dir)}"
+    where = f"files in {shown(output_dir)}"
     if result.run_id:
         where = f"MLflow run {result.run_id}; {where}"
         if hint:
             where += "; see it with `looplab ui` or `make ui`"
     why = f": {result.error}" if result.error else ""
     return f"{result.name}: {result.status} after {epochs} ({numbers}){why}; {where}"
-
-
-def _shown(path: Path) -> str:
-    """A path relative to the launch directory when it is under it, else absolute."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path.resolve())
 
 
 def print_warning(result: RunResult, output_dir: Path) -> None:

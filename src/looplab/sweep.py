@@ -75,9 +75,13 @@ class JobRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def write(self, sweep_dir: Path) -> None:
-        folder = sweep_dir / JOB_RECORDS
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{self.num}.json").write_text(json.dumps(asdict(self)))
+        path = job_record_path(sweep_dir, self.num)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self)))
+
+
+def job_record_path(sweep_dir: Path, num: int) -> Path:
+    return sweep_dir / JOB_RECORDS / f"{num}.json"
 
 
 def read_job_records(sweep_dir: Path) -> list[JobRecord]:
@@ -318,7 +322,7 @@ class SweepCallback(Callback):
             print(f"warning: {warning}", file=sys.stderr)
         _print_summary(records, table_text, parent_id)
         if parent.note:
-            print(parent.note.replace("the run's record", "the sweep's records"))
+            print(parent.note)
 
 
 def _job_part(config: DictConfig) -> DictConfig:
@@ -404,9 +408,8 @@ class LaunchingSweeper(Sweeper):
         except Exception as error:  # e.g. submitit's UncompletedJobError, Ray's RayTaskError
             lost = f"the launcher reported it lost: {_one_line(error, lines=2)}"
             returns = [JobReturn(status=JobStatus.FAILED, _return_value=error)] * len(batch)
-        recorded = {record.num for record in read_job_records(sweep_dir)}
         for num, (overrides, ret) in enumerate(zip(batch, returns, strict=True), first_num):
-            if num in recorded:
+            if job_record_path(sweep_dir, num).is_file():
                 continue
             raised = getattr(ret, "_return_value", None)
             if lost:

@@ -188,10 +188,7 @@ def edited_keys(run: Run, cfg: DictConfig) -> list[tuple[str, str, str]]:
     return [
         (key, logged[key], value)
         for key, value in params(cfg).items()
-        if key in logged
-        and key not in WHERE_PARAMS
-        and not key.startswith("tracking.")
-        and logged[key] != value
+        if key in logged and not key.startswith("tracking.") and logged[key] != value
     ]
 
 
