@@ -23,14 +23,14 @@ import itertools
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -105,8 +105,6 @@ class Choice:
     key: str
     text: str  # "model.width=8"
     value: Any
-    is_group: bool
-    plain: bool  # a simple `key=value` that can be applied to a composed config
 
 
 def _is_group(key: str) -> bool:
@@ -116,14 +114,47 @@ def _is_group(key: str) -> bool:
 def _choices(override: Override) -> list[Choice]:
     key = override.get_key_element()
     bare = key.lstrip("+~")
-    is_group = _is_group(bare)
-    plain = key == bare and "@" not in bare
     if override.is_discrete_sweep():
         pairs = zip(override.sweep_iterator(), override.sweep_string_iterator(), strict=True)
-        return [Choice(bare, f"{key}={text}", value, is_group, plain) for value, text in pairs]
+        return [Choice(bare, f"{key}={text}", value) for value, text in pairs]
     if override.is_sweep_override():  # an interval, for a search sweeper: not enumerable
         return []
-    return [Choice(bare, override.input_line, override.value(), is_group, plain)]
+    return [Choice(bare, override.input_line, override.value())]
+
+
+def split_job(
+    overrides: list[Override], is_group: Callable[[str], bool]
+) -> tuple[list[Override], list[Override]]:
+    """A job's overrides as (its values, the rest): the plain `key=value`s, which can be
+    merged into a copy of what the rest composes, as Hydra merges them after composing.
+
+    Hydra applies `+key`, `++key`, `~key`, `key@package` and a group given a dict in their
+    place among the values, so when one of them comes after a value there are no values to
+    merge: the job must be composed whole, from all its overrides. What picks a group's
+    config, or sets Hydra's own keys, may stand anywhere. The sweep's check and looplab's
+    launcher both split jobs this way.
+    """
+
+    def is_value(override: Override) -> bool:
+        return (
+            override.type == OverrideType.CHANGE
+            and override.package is None
+            and not override.is_sweep_override()
+            and not override.is_hydra_override()
+            and not is_group(override.key_or_group)
+        )
+
+    def in_order(override: Override) -> bool:
+        if override.is_hydra_override():
+            return False
+        return not is_group(override.key_or_group) or isinstance(override.value(), dict)
+
+    values = [o for o in overrides if is_value(o)]
+    if values:
+        after = overrides[overrides.index(values[0]) :]
+        if any(in_order(o) for o in after if not is_value(o)):
+            return [], list(overrides)
+    return values, [o for o in overrides if o not in values]
 
 
 def sweep_overrides(config: DictConfig) -> list[str]:
@@ -164,39 +195,32 @@ def refuse_intervals(jobs: list[list[Choice]], swept: list[str]) -> None:
 def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
     """Compose and validate every job before the first one runs.
 
-    Jobs that share their group choices and other overrides (`+key`, `~key`, a package) share
-    one composition; their values are applied to a copy of it, which the schema still
-    type-checks. A job with such an override after a value is composed whole: Hydra applies
-    it in its place among the values.
+    Jobs that share their other overrides (group choices, `+key`, `~key`, a package) share
+    one composition; their values (`split_job`) are applied to a copy of it, which the schema
+    still type-checks. A job with no values to merge is composed whole.
     """
     from looplab.train import describe
 
+    parser = OverridesParser.create()
     bases: dict[tuple[str, ...], DictConfig] = {}
     for job in jobs:
-        values = [c for c in job if c.plain and not c.is_group]
-        groups = tuple(c.text for c in job if c not in values)
-        if values and any(_in_order(c) for c in job[job.index(values[0]) :]):
-            # Hydra applies it after the values typed before it: compose the job whole
-            values, groups = [], tuple(c.text for c in job)
+        texts = [c.text for c in job]
         try:
-            if groups not in bases:
-                bases[groups] = compose(config_name=config_name, overrides=list(groups))
-            cfg = bases[groups].copy()
-            for choice in values:
-                OmegaConf.update(cfg, choice.key, choice.value, merge=False)
+            values, rest = split_job(parser.parse_overrides(texts), _is_group)
+            if not values:
+                cfg = compose(config_name=config_name, overrides=texts)
+            else:
+                shared = tuple(o.input_line for o in rest)
+                if shared not in bases:
+                    bases[shared] = compose(config_name=config_name, overrides=list(shared))
+                cfg = bases[shared].copy()
+                for override in values:
+                    OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False)
             validate(plain_config(cfg))
         except LooplabError as error:
             _refuse(str(error), job)
         except Exception as error:  # Hydra's and OmegaConf's own: worded as one line
             _refuse(describe(error), job)
-
-
-def _in_order(choice: Choice) -> bool:
-    """An override Hydra applies to the composed config in its place among the values (`+key`,
-    `++key`, `~key`, a package, a group given a dict), not one that picks a group's config."""
-    if choice.plain and not choice.is_group:
-        return False
-    return not (choice.plain and choice.is_group and not isinstance(choice.value, dict))
 
 
 def refuse_slurm_elsewhere(launcher_target: str) -> None:

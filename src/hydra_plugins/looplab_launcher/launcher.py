@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType
+from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from looplab.sweep import split_job
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +96,19 @@ class LooplabLauncher(Launcher):
 
     def job_config(self, overrides: list[str]) -> DictConfig:
         """The job's config, as `load_sweep_config` would compose it, from a copy of the
-        composition its non-value overrides share with other jobs."""
+        composition its other overrides share with other jobs (see `split_job`)."""
         assert self.config is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
         parsed = OverridesParser.create().parse_overrides(overrides)
-        is_value = [self._is_value(o) for o in parsed]
-        values = [o for o, value in zip(parsed, is_value, strict=True) if value]
-        rest = tuple(o.input_line for o, value in zip(parsed, is_value, strict=True) if not value)
-        first_value = is_value.index(True) if values else len(parsed)
-        if any(self._in_order(o) for o in parsed[first_value:]):
-            # Hydra applies it after the values typed before it: only a whole compose keeps
-            # that order (`train.lr=0.1 ++train.lr=0.5` is 0.5)
+        values, rest = split_job(parsed, self._is_group)
+        if not values:  # nothing to merge into a shared composition: Hydra composes it whole
             log.debug(f"composed the whole config of {' '.join(overrides)}")
             return loader.load_sweep_config(self.config, overrides)
-        if rest not in self.compositions:
-            self.compositions[rest] = loader.load_sweep_config(self.config, list(rest))
-            log.debug(f"composed the config of {' '.join(rest) or 'no group overrides'}")
-        config = copy.deepcopy(self.compositions[rest])
+        shared = tuple(o.input_line for o in rest)
+        if shared not in self.compositions:
+            self.compositions[shared] = loader.load_sweep_config(self.config, list(shared))
+            log.debug(f"composed the config of {' '.join(shared) or 'no group overrides'}")
+        config = copy.deepcopy(self.compositions[shared])
         try:
             for override in values:
                 OmegaConf.update(config, override.key_or_group, override.value(), merge=True)
@@ -120,27 +118,6 @@ class LooplabLauncher(Launcher):
         config.hydra.overrides.task = [o.input_line for o in task]
         config.hydra.job.override_dirname = _override_dirname(task, config.hydra.job.config)
         return config  # the copy keeps the resolver cache (timestamps) Hydra gave the original
-
-    def _is_value(self, override: Override) -> bool:
-        """A plain `key=value` of the job's config: neither a group nor Hydra's own."""
-        return (
-            override.type == OverrideType.CHANGE
-            and override.package is None
-            and not override.is_sweep_override()
-            and not override.is_hydra_override()
-            and not self._is_group(override.key_or_group)
-        )
-
-    def _in_order(self, override: Override) -> bool:
-        """An override Hydra applies to the composed config in its place among the values
-        (`+key`, `++key`, `~key`, `key@package`, a group given a dict), not one that only
-        picks what is composed (a group's choice) or sets Hydra's own keys."""
-        if self._is_value(override) or override.is_hydra_override():
-            return False
-        picks_a_config = self._is_group(override.key_or_group) and not isinstance(
-            override.value(), dict
-        )
-        return not picks_a_config
 
     def _is_group(self, key: str) -> bool:
         return "/" in key or key in self.groups
