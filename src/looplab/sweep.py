@@ -258,7 +258,7 @@ class SweepCallback(Callback):
         if not settings.tracking.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        from looplab.tracking import OfflineTracker, Tracker
+        from looplab.tracking import start_tracker
 
         swept_lines = [line for line in lines if line.split("=", 1)[0].lstrip("+~") in swept]
         name = "sweep: " + (" ".join(swept_lines) or f"{len(jobs)} job(s)")
@@ -271,12 +271,8 @@ class SweepCallback(Callback):
             "mlflow.source.name": "looplab-train -m",
         }
         params = {"sweep.overrides": " ".join(lines), "sweep.dir": str(sweep_dir)}
-        tracking = settings.tracking
-        parent: Tracker | OfflineTracker = (
-            OfflineTracker(tracking.uri, tracking.experiment)
-            if tracking.offline
-            else Tracker(tracking.uri, tracking.experiment, wait_s=tracking.wait_s)
-        )
+        parent = start_tracker(settings)
+        assert parent is not None  # tracking is on
         try:
             parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
         except LooplabError as error:

@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # the writer process must not pay for importing torch
 # The parent sends buffered epochs at least this often (seconds) or every this many epochs.
 SEND_SECONDS = 0.5
 SEND_EPOCHS = 500
-# MLflow's own limits per log_batch call.
 # How long the parent waits for the store to answer when it opens it or starts a sweep.
 CONNECT_TIMEOUT_SECONDS = 60.0
 # How long the parent waits for the writer beyond `tracking.wait_s` at the end of a run: the
