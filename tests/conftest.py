@@ -17,7 +17,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from looplab.config import config_dir, plain_config, register
+from looplab.core.paths import config_dir
+from looplab.core.schema import plain_config
+from looplab.launch.schema import register
 from looplab.server import free_port as free_port  # re-exported for the test files
 from looplab.server import mlflow_server as start_mlflow_server
 
@@ -113,7 +115,7 @@ def assert_the_four_ways_agree(make_config, tmp_path: Path, *overrides: str) -> 
     """
     import torch
 
-    from looplab.run import execute
+    from looplab.run.execute import execute
 
     histories = {}
     for impl, update in IMPLS_BY_UPDATES:

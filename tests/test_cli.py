@@ -78,7 +78,7 @@ def test_tracking_disabled_leaves_no_store_and_never_imports_mlflow(run_cli, tmp
     assert not list(tmp_path.rglob("mlflow.db*")) and not list(tmp_path.rglob("artifacts"))
     assert list(tmp_path.glob("outputs/runs/*/*/metrics.csv"))
     probe = (
-        "import sys, looplab.train as t; sys.argv=['looplab-train','train.epochs=1',"
+        "import sys, looplab.cli.train as t; sys.argv=['looplab-train','train.epochs=1',"
         "'tracking.enabled=false','train.print_every=0']\n"
         "try:\n    t.main()\nfinally:\n    assert 'mlflow' not in sys.modules, 'mlflow imported'"
     )
@@ -131,7 +131,7 @@ def test_hydra_full_error_shows_the_traceback_of_a_looplab_error(run_cli) -> Non
 
 def test_python_dash_m_is_the_same_entry_point(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "looplab.train", "train.epochs=1", "tracking.enabled=false"],
+        [sys.executable, "-m", "looplab.cli.train", "train.epochs=1", "tracking.enabled=false"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

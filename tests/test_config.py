@@ -10,8 +10,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 from omegaconf.errors import ValidationError
 
-from looplab.config import config_dir, flatten, params, plain_config, run_name, validate
-from looplab.errors import ConfigError
+from looplab.core.errors import ConfigError
+from looplab.core.paths import config_dir
+from looplab.core.schema import plain_config, validate
+from looplab.run.naming import flatten, params, run_name
 
 GROUPS = ["dataset", "update", "device", "experiment"]
 
@@ -182,7 +184,7 @@ def test_the_slurm_launcher_config_composes_and_gives_its_cpus_to_torch() -> Non
     """Faults: conf/hydra/launcher/slurm.yaml does not compose onto submitit's SLURM launcher
     (a wrong defaults entry, a key submitit does not have), or the job does not read its
     cpus_per_task for torch's threads."""
-    from looplab.train import launcher_cpus
+    from looplab.cli.train import launcher_cpus
 
     hydra_node = compose_launcher(
         "hydra_submitit_launcher",
@@ -200,7 +202,7 @@ def test_the_ray_cluster_launcher_config_joins_a_running_cluster_with_its_cpus()
     """Faults: conf/hydra/launcher/ray_cluster.yaml does not compose onto the Ray launcher, or
     keeps the plugin's object-store size (Ray refuses it when joining a running cluster), or
     the job does not read its num_cpus for torch's threads."""
-    from looplab.train import launcher_cpus
+    from looplab.cli.train import launcher_cpus
 
     hydra_node = compose_launcher(
         "hydra_ray_launcher",

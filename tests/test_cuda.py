@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import IMPLS_BY_UPDATES, assert_the_four_ways_agree
 
-from looplab.run import execute, prepare
+from looplab.cli.train import execute_tracked as execute
+from looplab.run.prepare import prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from looplab import data
-from looplab.config import RESOURCES
-from looplab.errors import DataError
+from looplab.core import data
+from looplab.core.errors import DataError
+from looplab.core.paths import RESOURCES
 
 TUTORIAL_CSV = RESOURCES / "breast_cancer.csv"
 

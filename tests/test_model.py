@@ -7,8 +7,8 @@ import torch
 from conftest import assert_the_four_ways_agree
 from torch import nn
 
-from looplab.errors import ShapeError
-from looplab.model import (
+from looplab.core.errors import ShapeError
+from looplab.core.model import (
     bce_with_logits,
     cross_entropy,
     loss_function,
@@ -107,7 +107,7 @@ def test_binary_quality_is_accuracy_at_probability_one_half() -> None:
 def test_auto_takes_an_accelerator_only_for_a_step_with_the_work_for_it() -> None:
     """Faults: auto sending a tiny model to the GPU (slower there: make bench, group cuda),
     auto never taking it, or keeping to the CPU without saying why."""
-    from looplab.device import AUTO_MIN_STEP_WORK, choose_auto
+    from looplab.core.device import AUTO_MIN_STEP_WORK, choose_auto
 
     small, large = AUTO_MIN_STEP_WORK - 1, AUTO_MIN_STEP_WORK
     device, reason = choose_auto(["cuda", "cpu"], small)
@@ -130,8 +130,8 @@ def test_the_step_work_auto_weighs_is_the_runs(make_config, monkeypatch, overrid
     """Faults: the step's work taken from the whole table instead of a step's rows (batch
     size ignored), or from one layer, or without the outputs. With no GPU here, auto is
     shown an accelerator; the work is small enough that it keeps to the CPU and says so."""
-    from looplab import device
-    from looplab.run import prepare
+    from looplab.core import device
+    from looplab.run.prepare import prepare
 
     monkeypatch.setattr(device, "available_devices", lambda: ["cuda", "cpu"])
     ready = prepare(make_config("device=auto", "tracking.enabled=false", *overrides))

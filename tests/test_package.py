@@ -52,7 +52,7 @@ def test_the_wheel_carries_conf_and_data_and_runs_outside_the_source_tree(tmp_pa
         [
             sys.executable,
             "-m",
-            "looplab.train",
+            "looplab.cli.train",
             "experiment=seed",
             "train.epochs=2",
             "tracking.enabled=false",
@@ -67,7 +67,7 @@ def test_the_wheel_carries_conf_and_data_and_runs_outside_the_source_tree(tmp_pa
     epoch_lines = [line for line in done.stdout.splitlines() if line.startswith("Epoch: ")]
     assert epoch_lines[0].startswith("Epoch: 1, Loss: ")
     where = subprocess.run(
-        [sys.executable, "-c", "import looplab.config as c; print(c.config_dir())"],
+        [sys.executable, "-c", "import looplab.core.paths as c; print(c.config_dir())"],
         cwd=elsewhere,
         env=env,
         capture_output=True,

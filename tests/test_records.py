@@ -10,7 +10,7 @@ import torch
 from conftest import only_run
 from sklearn.model_selection import train_test_split
 
-from looplab.run import execute
+from looplab.cli.train import execute_tracked as execute
 
 
 def csv_with_one_bad_validation_row(folder) -> str:
@@ -108,7 +108,7 @@ def test_train_threads_reaches_torch(make_config, tmp_path) -> None:
 def test_threads_follow_the_cpus_a_scheduler_gave(monkeypatch) -> None:
     """Faults: SLURM_CPUS_PER_TASK ignored (a job under sbatch takes the node's cores less
     one), a launcher's declared CPUs ignored, or either wins over an explicit train.threads."""
-    from looplab.run import torch_threads
+    from looplab.run.prepare import torch_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)

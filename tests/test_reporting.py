@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from looplab.loop import EpochResult
-from looplab.reporting import ConsoleReport
+from looplab.core.loop import EpochResult
+from looplab.run.reporting import ConsoleReport
 
 
 class CountingStream(io.StringIO):

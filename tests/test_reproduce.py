@@ -17,10 +17,12 @@ from conftest import only_run, store_uri
 
 from looplab.cli import main as looplab
 from looplab.cli.reproduce import compare_histories
-from looplab.config import from_record, rerunnable, with_overrides
-from looplab.errors import ConfigError
-from looplab.model import build_model
-from looplab.run import execute, prepare
+from looplab.cli.train import execute_tracked as execute
+from looplab.core.errors import ConfigError
+from looplab.core.model import build_model
+from looplab.launch.overrides import with_overrides
+from looplab.run.config_file import from_record, rerunnable
+from looplab.run.prepare import prepare
 
 
 def small_csv(folder, name: str = "pets.csv", rows: int = 80) -> str:
@@ -79,7 +81,7 @@ def test_the_packaged_csv_is_named_as_a_package_resource(make_config, tmp_path) 
 def test_a_changed_csv_gets_another_digest(make_config, tmp_path, client) -> None:
     """Fault: the data digest is of the file's name (or of the first rows), so a changed CSV
     looks like the same data to reproduce, diff and skip_finished."""
-    from looplab.run import describe_data
+    from looplab.run.records import describe_data
 
     path = small_csv(tmp_path, rows=200)
     cfg = make_config("dataset=csv", f"dataset.path={path}", "dataset.target=pet")
@@ -161,7 +163,7 @@ RECORDED = {
     "defaults": ["looplab_schema", "_self_"],
     "dataset": {"name": "breast_cancer"},
     "train": {"epochs": 2, "dtype": "float32"},
-    "hydra": {"callbacks": {"sweep": {"_target_": "looplab.sweep.SweepCallback"}}},
+    "hydra": {"callbacks": {"sweep": {"_target_": "looplab.cli.sweep.SweepCallback"}}},
 }
 
 
@@ -273,7 +275,7 @@ def test_the_recorded_environment_is_plain_text_the_writer_unpickles_without_tor
     import pickle
     import pickletools
 
-    from looplab.run import environment_tags
+    from looplab.run.records import environment_tags
 
     tags = environment_tags()
     assert all(type(value) is str for value in tags.values()), tags

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from looplab import data
-from looplab.errors import ConfigError
-from looplab.model import initial_parameters
-from looplab.run import execute
+from looplab.cli.train import execute_tracked as execute
+from looplab.core import data
+from looplab.core.errors import ConfigError
+from looplab.core.model import initial_parameters
 
 
 @pytest.mark.parametrize(
@@ -139,9 +139,9 @@ def test_an_exception_mid_run_flushes_marks_failed_and_records_the_message(
     make_config, tmp_path, client, monkeypatch
 ) -> None:
     """A bug in a callback at epoch 4: epochs 1-3 are in the store, the run is FAILED."""
-    import looplab.run
+    import looplab.run.prepare
 
-    real_fit = looplab.run.fit
+    real_fit = looplab.run.prepare.fit
 
     def fit_with_a_broken_callback(*args, callbacks=(), **kwargs):
         def broken(result) -> None:
@@ -150,7 +150,7 @@ def test_an_exception_mid_run_flushes_marks_failed_and_records_the_message(
 
         return real_fit(*args, callbacks=[*callbacks, broken], **kwargs)
 
-    monkeypatch.setattr(looplab.run, "fit", fit_with_a_broken_callback)
+    monkeypatch.setattr(looplab.run.prepare, "fit", fit_with_a_broken_callback)
     cfg = make_config("train.epochs=10", "train.print_every=0")
     with pytest.raises(RuntimeError, match="disk on fire"):
         execute(cfg, tmp_path / "run")

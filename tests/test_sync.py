@@ -32,8 +32,8 @@ def test_tracking_offline_and_wait_s_reach_the_tracker(tmp_path: Path) -> None:
     tracking.wait_s never reaches the writer's end-of-run wait; a negative wait passes."""
     from conftest import compose_raw
 
-    from looplab.config import plain_config, validate
-    from looplab.errors import ConfigError
+    from looplab.core.errors import ConfigError
+    from looplab.core.schema import plain_config, validate
     from looplab.tracking import OfflineTracker, Tracker, start_tracker
 
     offline = start_tracker(plain_config(compose_raw(*OFFLINE), launch_dir=tmp_path))

@@ -27,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import looplab.run
-from looplab import data
-from looplab.config import RESOURCES
-from looplab.errors import DeviceError
-from looplab.model import MySimpleNN, initial_parameters
-from looplab.run import RunResult, execute
-from looplab.update import ManualUpdate
+import looplab.run.prepare
+from looplab.cli.train import execute_tracked as execute
+from looplab.core import data
+from looplab.core.errors import DeviceError
+from looplab.core.model import MySimpleNN, initial_parameters
+from looplab.core.paths import RESOURCES
+from looplab.core.update import ManualUpdate
+from looplab.run.execute import RunResult
 
 # Not the default 42: a seed that stopped reaching the split, the weights or the shuffle would
 # fall back to 42 and change the numbers.
@@ -199,14 +200,14 @@ def calls(monkeypatch) -> dict[str, list[SimpleNamespace]]:
     (task, impl, loss): each call's args and kwargs, recorded on the way through."""
     recorded: dict[str, list[SimpleNamespace]] = {}
     for name in ("fit", "loss_function"):
-        real = getattr(looplab.run, name)
+        real = getattr(looplab.run.prepare, name)
         recorded[name] = []
 
         def spy(*args, _real=real, _name=name, **kwargs):
             recorded[_name].append(SimpleNamespace(args=args, kwargs=kwargs))
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(looplab.run, name, spy)
+        monkeypatch.setattr(looplab.run.prepare, name, spy)
     return recorded
 
 

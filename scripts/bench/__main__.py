@@ -67,7 +67,7 @@ def main() -> None:
         return
     import torch
 
-    from looplab.run import torch_threads
+    from looplab.run.prepare import torch_threads
 
     torch.set_num_threads(torch_threads())  # as looplab-train sets them
     if args.point:

@@ -80,8 +80,8 @@ def rows(cfg: Settings, work: Path) -> list[Row]:
 def child_main(out: Path, budget: float, repeats: int) -> None:
     """In the child: time the default run's epochs printing to stdout, and silent."""
     from bench.problems import Problem, best_epochs, compose, framework_epochs
-    from looplab.loop import EpochResult
-    from looplab.reporting import ConsoleReport
+    from looplab.core.loop import EpochResult
+    from looplab.run.reporting import ConsoleReport
 
     assert os.environ.get("PYTHONUNBUFFERED") == "1" and not sys.stdout.isatty()
     p = Problem("default run", compose())  # the CLI's defaults, tracking off

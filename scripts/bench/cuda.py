@@ -15,7 +15,7 @@ import torch
 from bench.harness import Row, Settings, human, medians, ratios, side_by_side
 from bench.loop import loop_row
 from bench.problems import Problem, best_epochs, framework_epochs, problem, synthetic
-from looplab.device import step_work
+from looplab.core.device import step_work
 
 GROUP = "cuda"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from bench.harness import Row, Seconds, Settings, amount, human, medians, ratios, side_by_side
 from bench.problems import Problem, bare_epochs, best_epochs, framework_epochs, problem, scratch
-from looplab.loop import EpochResult
-from looplab.model import check_shapes
-from looplab.reporting import ConsoleReport, MetricsCsv
+from looplab.core.loop import EpochResult
+from looplab.core.model import check_shapes
+from looplab.run.reporting import ConsoleReport, MetricsCsv
 
 
 def _per_call(fn: object, number: int = 2000) -> Seconds:

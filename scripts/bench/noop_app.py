@@ -7,7 +7,8 @@ difference per job is looplab's own work.
 import hydra
 from omegaconf import DictConfig
 
-from looplab.config import config_dir, register
+from looplab.core.paths import config_dir
+from looplab.launch.schema import register
 
 register()  # the schema and resolver that conf/train.yaml names
 

@@ -22,9 +22,8 @@ import torch
 from omegaconf import DictConfig
 
 from bench.harness import Seconds
-from looplab import data as datasets
-from looplab.config import config_dir, plain_config, register
-from looplab.model import (
+from looplab.core import data as datasets
+from looplab.core.model import (
     MANUAL_LOSSES,
     build_model,
     initial_parameters,
@@ -32,10 +31,13 @@ from looplab.model import (
     quality,
     tutorial_bce,
 )
-from looplab.reporting import ConsoleReport, MetricsCsv
-from looplab.run import Prepared, prepare, torch_threads
+from looplab.core.paths import config_dir
+from looplab.core.schema import plain_config
+from looplab.core.update import build_update
+from looplab.launch.schema import register
+from looplab.run.prepare import Prepared, prepare, torch_threads
+from looplab.run.reporting import ConsoleReport, MetricsCsv
 from looplab.tracking import Tracker
-from looplab.update import build_update
 
 
 def compose(*overrides: str) -> DictConfig:

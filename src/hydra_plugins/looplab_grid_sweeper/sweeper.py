@@ -1,4 +1,4 @@
-"""The grid sweeper: enumerate the jobs as `looplab.sweep` does, save the sweep's config, and
+"""The grid sweeper: enumerate the jobs as `looplab.launch.sweep` does, save the sweep's config, and
 hand the jobs to the launcher in batches."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from looplab.sweep import LaunchingSweeper
+from looplab.launch.sweep import enumerate_jobs, refuse_intervals, sweep_overrides
+from looplab.launch.sweeper import LaunchingSweeper
 
 
 @dataclass
@@ -26,8 +27,6 @@ class LooplabGridSweeper(LaunchingSweeper):
         self.max_batch_size = max_batch_size
 
     def sweep(self, arguments: list[str]) -> Any:
-        from looplab.sweep import enumerate_jobs, refuse_intervals, sweep_overrides
-
         assert self.config is not None
         jobs, swept = enumerate_jobs(sweep_overrides(self.config))
         refuse_intervals(jobs, swept)

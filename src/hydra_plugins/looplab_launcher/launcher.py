@@ -21,21 +21,19 @@ files against the basic launcher's.
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from looplab.sweep import split_job
+from looplab.launch.overrides import Compositions, parse
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +52,7 @@ class LooplabLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         # The config composed for each combination of a job's non-value overrides.
-        self.compositions: dict[tuple[str, ...], DictConfig] = {}
+        self.compositions: Compositions | None = None
         # The config groups at the top of the search path; a nested one has a `/` in its key.
         self.groups: frozenset[str] = frozenset()
 
@@ -65,6 +63,10 @@ class LooplabLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.groups = frozenset(hydra_context.config_loader.list_groups(""))
+        loader = hydra_context.config_loader
+        self.compositions = Compositions(
+            lambda lines: loader.load_sweep_config(config, lines), self._is_group
+        )
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -96,27 +98,13 @@ class LooplabLauncher(Launcher):
 
     def job_config(self, overrides: list[str]) -> DictConfig:
         """The job's config, as `load_sweep_config` would compose it, from a copy of the
-        composition its other overrides share with other jobs (see `split_job`)."""
-        assert self.config is not None and self.hydra_context is not None
-        loader = self.hydra_context.config_loader
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        values, rest = split_job(parsed, self._is_group)
-        if not values:  # nothing to merge into a shared composition: Hydra composes it whole
-            log.debug(f"composed the whole config of {' '.join(overrides)}")
-            return loader.load_sweep_config(self.config, overrides)
-        shared = tuple(o.input_line for o in rest)
-        if shared not in self.compositions:
-            self.compositions[shared] = loader.load_sweep_config(self.config, list(shared))
-            log.debug(f"composed the config of {' '.join(shared) or 'no group overrides'}")
-        config = copy.deepcopy(self.compositions[shared])
-        try:
-            for override in values:
-                OmegaConf.update(config, override.key_or_group, override.value(), merge=True)
-        except Exception:  # a value that does not fit: Hydra composes it, and says why
-            return loader.load_sweep_config(self.config, overrides)
-        task = [o for o in parsed if not o.is_hydra_override()]
-        config.hydra.overrides.task = [o.input_line for o in task]
-        config.hydra.job.override_dirname = _override_dirname(task, config.hydra.job.config)
+        composition its other overrides share with other jobs (`looplab.launch.overrides`)."""
+        assert self.compositions is not None
+        config = self.compositions.job_config(overrides)
+        task = [o for o in parse(overrides) if not o.is_hydra_override()]
+        with open_dict(config):
+            config.hydra.overrides.task = [o.input_line for o in task]
+            config.hydra.job.override_dirname = _override_dirname(task, config.hydra.job.config)
         return config  # the copy keeps the resolver cache (timestamps) Hydra gave the original
 
     def _is_group(self, key: str) -> bool:

@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from omegaconf import OmegaConf
 
-from looplab.sweep import LaunchingSweeper
+from looplab.launch.sweeper import LaunchingSweeper
 
 log = logging.getLogger(__name__)
 

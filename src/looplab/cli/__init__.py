@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from looplab.errors import EXIT_FAILED, EXIT_INTERRUPTED, LooplabError
+from looplab.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, LooplabError
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from looplab.errors import TrackingError
+from looplab.core.errors import TrackingError
 
 LOST_AFTER_SECONDS = 300.0  # as reader.LOST_AFTER_SECONDS (not imported: --help stays instant)
 

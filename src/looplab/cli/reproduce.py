@@ -7,7 +7,7 @@
     looplab diff RUN_A RUN_B                    # what differs, and nothing else
 
 The config comes from the run's `config.yaml` artifact in the store, read as plain YAML and
-checked against the schema (`config.from_record`), never from local files. The new run is
+checked against the schema (`run.config_file.from_record`), never from local files. The new run is
 trained by `looplab-train` in a child process, exactly as a user's run, tagged
 `looplab.reproduced_from` (or `looplab.derived_from`) through the environment.
 """
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from looplab.errors import EXIT_FAILED, TrackingError
+from looplab.core.errors import EXIT_FAILED, TrackingError
+from looplab.run.tags import CHOICES, OVERRIDES, RUN_NAME
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -110,7 +111,9 @@ def _tolerance(text: str) -> float:
 
 
 def reproduce_command(args: argparse.Namespace) -> int:
-    from looplab.config import from_record, register, with_overrides
+    from looplab.launch.overrides import with_overrides
+    from looplab.launch.schema import register
+    from looplab.run.config_file import from_record
     from looplab.tracking import records
 
     register()
@@ -121,9 +124,12 @@ def reproduce_command(args: argparse.Namespace) -> int:
     edited = edited_keys(original, recorded)
     cfg = with_overrides(recorded, list(args.changes)) if args.changes else recorded
     tag = DERIVED_FROM if args.changes else REPRODUCED_FROM
-    name = original.info.run_name or args.run_id
-    name = f"{name} {' '.join(args.changes)}" if args.changes else f"{name} (reproduced)"
-    tags = {tag: args.run_id, "mlflow.runName": name, **asked_for(original, args.changes)}
+    asked = asked_for(original, args.changes)
+    if args.changes:
+        name = derived_name(cfg, json.loads(asked[CHOICES]).get("experiment"))
+    else:
+        name = f"{original.info.run_name or args.run_id} (reproduced)"
+    tags = {tag: args.run_id, RUN_NAME: name, **asked}
     exit_code, new = _train(cfg, uri, experiment, tags)
     if new is None:
         raise TrackingError(
@@ -147,21 +153,34 @@ def reproduce_command(args: argparse.Namespace) -> int:
 def asked_for(run: Run, changes: list[str]) -> dict[str, str]:
     """The rerun's overrides and group choices: the original's, with the changes on top (the
     rerun's own Hydra sees only a finished config, with no groups to choose)."""
-    from looplab.config import config_dir
+    from looplab.launch.overrides import is_group
 
     try:
-        overrides = json.loads(run.data.tags.get("looplab.overrides", "[]"))
+        overrides = json.loads(run.data.tags.get(OVERRIDES, "[]"))
     except json.JSONDecodeError:
         overrides = []
     choices = _choices(run)
     for line in changes:
         key, _, value = line.partition("=")
-        if "." not in key and (config_dir() / key).is_dir():
+        if is_group(key):
             choices[key] = value
     return {
-        "looplab.overrides": json.dumps([*overrides, *changes]),
-        "looplab.choices": json.dumps(choices, sort_keys=True),
+        OVERRIDES: json.dumps([*overrides, *changes]),
+        CHOICES: json.dumps(choices, sort_keys=True),
     }
+
+
+def derived_name(cfg: DictConfig, preset: str | None) -> str:
+    """A derived run's name, as `looplab-train` would name its config: the preset (or the
+    data set), then what differs from the preset's own config."""
+    from hydra import initialize_config_dir
+
+    from looplab.core.paths import config_dir
+    from looplab.launch.schema import baseline
+    from looplab.run.naming import run_name
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return run_name(cfg, baseline(preset), preset)
 
 
 def _check_reproducible(run: Run, compared: bool) -> None:
@@ -182,7 +201,7 @@ def _check_reproducible(run: Run, compared: bool) -> None:
 def edited_keys(run: Run, cfg: DictConfig) -> list[tuple[str, str, str]]:
     """(key, the run's param, its config.yaml's value) wherever the two disagree: the config
     artifact was changed in the store after the run recorded its params."""
-    from looplab.config import params
+    from looplab.run.naming import params
 
     logged = run.data.params
     return [
@@ -202,7 +221,7 @@ def _train(
 ) -> tuple[int, Run | None]:
     """Train `cfg` with `looplab-train` in a child process, recorded in `uri`/`experiment`;
     its exit code and its new run (None when it never started one)."""
-    from looplab.config import rerunnable
+    from looplab.run.config_file import rerunnable
     from looplab.tracking import records
 
     nonce = uuid.uuid4().hex
@@ -216,7 +235,7 @@ def _train(
         command = [
             sys.executable,
             "-m",
-            "looplab.train",
+            "looplab.cli.train",
             "--config-dir",
             folder,
             "--config-name",
@@ -401,7 +420,7 @@ def recorded_differences(a: Run, b: Run, metrics: bool = True) -> list[list[str]
 
 def _choices(run: Run) -> dict[str, str]:
     try:
-        found = json.loads(run.data.tags.get("looplab.choices", "{}"))
+        found = json.loads(run.data.tags.get(CHOICES, "{}"))
     except json.JSONDecodeError:
         return {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}

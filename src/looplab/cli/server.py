@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from looplab.errors import TrackingError
+from looplab.core.errors import TrackingError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

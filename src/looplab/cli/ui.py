@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from looplab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
+from looplab.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
 
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 10.0

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from looplab.errors import TrackingError
+from looplab.core.errors import TrackingError
 from looplab.tracking.store import HEARTBEAT_TAG, PARENT_TAG, REAPED_TAG, check_server
 
 if TYPE_CHECKING:

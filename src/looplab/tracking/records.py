@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from looplab.errors import TrackingError
+from looplab.core.errors import TrackingError
 from looplab.tracking import reader, store
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from looplab.errors import TrackingError
+from looplab.core.errors import TrackingError
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
 from looplab.tracking.store import (
     MAX_METRICS_PER_BATCH,

@@ -38,7 +38,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from looplab.errors import TrackingError
+from looplab.core.errors import TrackingError
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, shown
 from looplab.tracking.store import (
     HEARTBEAT_TAG,
@@ -52,7 +52,7 @@ from looplab.tracking.store import (
 if TYPE_CHECKING:  # the writer process must not pay for importing torch
     from omegaconf import DictConfig
 
-    from looplab.loop import EpochResult
+    from looplab.core.loop import EpochResult
 
 # The parent sends buffered epochs at least this often (seconds) or every this many epochs.
 SEND_SECONDS = 0.5

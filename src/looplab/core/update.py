@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from looplab.errors import ConfigError
+from looplab.core.errors import ConfigError
 
 
 class Updater(Protocol):

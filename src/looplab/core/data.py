@@ -18,7 +18,7 @@ from pandas._libs.parsers import STR_NA_VALUES  # pandas' own list of missing-va
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from looplab.errors import DataError
+from looplab.core.errors import DataError
 
 TaskKind = Literal["binary", "multiclass", "regression"]
 BUILTIN = ("breast_cancer", "iris", "wine", "digits", "diabetes")
@@ -328,7 +328,7 @@ def local_path(path: str) -> Path:
     """The file a `dataset.path` names: `pkg://looplab.resources/NAME` (a file packaged with
     looplab, as Hydra names packaged configs) or a path on this machine. Only looplab's own
     packages are looked in: a path is never a way to import another package."""
-    from looplab.config import PACKAGE_PREFIX, RESOURCE_PACKAGE
+    from looplab.core.paths import PACKAGE_PREFIX, RESOURCE_PACKAGE
 
     if not path.startswith(PACKAGE_PREFIX):
         return Path(path).expanduser()

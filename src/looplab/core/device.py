@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from looplab.errors import DeviceError
+from looplab.core.errors import DeviceError
 
 # `device=auto` takes an accelerator only when a training step has the work to pay for its
 # kernel launches. On an H200 (in a VM: about 1 ms of launches a step) against its host's 16

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from looplab.data import DeviceData
-from looplab.errors import DivergedError
-from looplab.model import LossFn
-from looplab.update import Updater
+from looplab.core.data import DeviceData
+from looplab.core.errors import DivergedError
+from looplab.core.model import LossFn
+from looplab.core.update import Updater
 
 Tensor = torch.Tensor
 

@@ -1,4 +1,4 @@
-"""`looplab-train`: the Hydra entry point, and the only module that touches Hydra.
+"""`looplab-train`: Hydra's entry point, wiring the Hydra side to the run and to MLflow.
 
     looplab-train                                   # the default experiment
     looplab-train model.width=16 update=sgd         # override any key
@@ -10,8 +10,8 @@ torch), hands the run to `looplab.run.execute`, and turns errors into one line a
 
 Hydra prints a bad command line (unknown key, wrong type, unknown option) as several lines of
 its own. `main` therefore runs Hydra with HYDRA_FULL_ERROR=1, so that Hydra re-raises, and
-words the error as one `looplab-train: error: ...` line naming the key, the bad value and
-what is allowed. A user who sets HYDRA_FULL_ERROR=1 gets the full traceback instead.
+words the error (`launch.wording`) as one `looplab-train: error: ...` line. A user who sets
+HYDRA_FULL_ERROR=1 gets the full traceback instead.
 """
 
 from __future__ import annotations
@@ -20,41 +20,36 @@ import contextlib
 import json
 import math
 import os
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import hydra
-from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import (
-    ConfigAttributeError,
-    ConfigKeyError,
-    OmegaConfBaseException,
-    ValidationError,
-)
+from omegaconf.errors import OmegaConfBaseException
 
-from looplab.config import (
-    config_dir,
-    plain_config,
-    register,
-    run_name,
-    unknown_key_message,
-    validate,
-)
-from looplab.errors import (
+from looplab.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     LooplabError,
     Terminated,
 )
+from looplab.core.paths import config_dir
+from looplab.core.schema import plain_config, validate
+from looplab.launch.jobs import SweepJob
+from looplab.launch.schema import baseline, register
+from looplab.launch.sweep import SweepFailed, SweepRefused
+from looplab.launch.wording import describe
+from looplab.run import tags as tag
+from looplab.run.naming import run_name
 from looplab.tracking import OfflineTracker, Tracker, start_tracker
+
+if TYPE_CHECKING:
+    from looplab.run.execute import RunResult
 
 register()
 
@@ -64,7 +59,6 @@ USER_FULL_ERROR = "LOOPLAB_FULL_ERROR"
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 # Tags for the run, as a JSON object, set by `looplab reproduce` for the run it starts.
 RUN_TAGS_VARIABLE = "LOOPLAB_RUN_TAGS"
-ASKED_NAME = "mlflow.runName"  # among those tags: the run's name
 
 
 def _fail(message: str, exit_code: int = EXIT_FAILED) -> NoReturn:
@@ -99,78 +93,38 @@ def _discard_unstarted(output_dir: Path, job_name: str) -> None:
         folder = folder.parent
 
 
-# Launchers that come with one of looplab's extras: the extra, and how to install it.
-_SLURM = ("slurm", "PIP_CONSTRAINT=constraints.txt .venv/bin/pip install -e '.[slurm]'")
-LAUNCHER_EXTRAS = {
-    "submitit_local": _SLURM,
-    "submitit_slurm": _SLURM,
-    "slurm": _SLURM,
-    "ray": ("ray", "make setup-ray"),
-    "ray_cluster": ("ray", "make setup-ray"),
-}
+def execute_tracked(cfg: DictConfig, output_dir: Path, **kwargs: Any) -> RunResult:
+    """`execute` recorded where the plain config says (tests and scripts train this way)."""
+    from looplab.run.execute import execute
 
-_BASELINES: dict[str | None, DictConfig] = {}
+    return execute(cfg, output_dir, tracker=start_tracker(cfg), **kwargs)
 
 
-def baseline(preset: str | None) -> DictConfig:
-    """The config with no overrides but the preset: what a run's name is told apart from.
+class SweepParents:
+    """The sweeps' parent runs this process has found, by sweep id: a parent is created
+    before the first job and never changes, and asking the store again would wait for the
+    writer to end the previous job's run first. One per process (`here()`)."""
 
-    Composed once per preset and process (a sweep's jobs in one process share it).
-    """
-    if preset not in _BASELINES:
-        overrides = [f"experiment={preset}"] if preset else []
-        _BASELINES[preset] = plain_config(compose(config_name="train", overrides=overrides))
-    return _BASELINES[preset]
+    _here: tuple[int, SweepParents] | None = None
 
+    def __init__(self) -> None:
+        self.found: dict[str, tuple[str, list[str]]] = {}
 
-_SWEEP_PARENTS: dict[str, tuple[str, list[str]]] = {}
+    @classmethod
+    def here(cls) -> SweepParents:
+        if cls._here is None or cls._here[0] != os.getpid():  # a forked worker starts afresh
+            cls._here = (os.getpid(), cls())
+        return cls._here[1]
 
-
-def _find_sweep(tracker: Any, sweep: str, sweep_dir: Path) -> tuple[str | None, list[str]]:
-    """The sweep's parent run and swept keys, asked of the store once per process: a parent
-    is created before the first job and never changes, and asking again would wait for the
-    writer to end the previous job's run first."""
-    if sweep not in _SWEEP_PARENTS:
-        parent_id, swept_keys = tracker.find_sweep(sweep, sweep_dir)
-        if parent_id is None:  # offline (the keys from the sweep folder), or no parent yet
-            return None, swept_keys
-        _SWEEP_PARENTS[sweep] = (parent_id, swept_keys)
-    return _SWEEP_PARENTS[sweep]
-
-
-@dataclass
-class SweepJob:
-    """A job's place in its sweep, from what every job's Hydra config holds."""
-
-    num: int
-    sweep_dir: Path
-    overrides: list[str]
-
-    @property
-    def prefix(self) -> str:
-        return f"[job {self.num}] "
-
-    def name_and_tags(self, tracker: Tracker | OfflineTracker | None) -> tuple[str, dict[str, str]]:
-        """The child's name (what varies in its sweep) and its tags, the parent's id among
-        them: looked up in the store by the sweep's id, wherever this job runs."""
-        from looplab.sweep import job_name, sweep_id
-
-        tags = {
-            "looplab.role": "job",
-            "looplab.sweep_id": sweep_id(self.sweep_dir),
-            "looplab.job": str(self.num),
-        }
-        parent_id, swept_keys = (None, [])
-        if tracker is not None:
-            parent_id, swept_keys = _find_sweep(tracker, tags["looplab.sweep_id"], self.sweep_dir)
-        if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
-        return job_name(self.overrides, swept_keys), tags
-
-    def record(self, name: str, status: str, **details: Any) -> None:
-        from looplab.sweep import JobRecord
-
-        JobRecord(self.num, name, status, **details).write(self.sweep_dir)
+    def find(
+        self, tracker: Tracker | OfflineTracker, job: SweepJob
+    ) -> tuple[str | None, list[str]]:
+        if job.sweep_id not in self.found:
+            parent_id, swept_keys = tracker.find_sweep(job.sweep_id, job.sweep_dir)
+            if parent_id is None:  # offline (the keys from the sweep folder), or no parent yet
+                return None, swept_keys
+            self.found[job.sweep_id] = (parent_id, swept_keys)
+        return self.found[job.sweep_id]
 
 
 def launcher_cpus(hydra_config: DictConfig) -> float | None:
@@ -215,14 +169,17 @@ def train_job(cfg: DictConfig) -> float:
         tags: dict[str, str] = {}
         console = None
         if job is not None:
-            swept_name, tags = job.name_and_tags(tracker)
-            name = swept_name or name
+            parent_id, swept_keys = (
+                SweepParents.here().find(tracker, job) if tracker is not None else (None, [])
+            )
+            tags = job.tags(parent_id)
+            name = job.name(swept_keys) or name
             train = plain.train
             console = ConsoleReport(
                 train.epochs, train.print_style, train.print_every, prefix=job.prefix
             )
         tags |= recorded_choices(hydra_config) | requested_tags()
-        name = tags.pop(ASKED_NAME, name)
+        name = tags.pop(tag.RUN_NAME, name)
         if plain.tracking.skip_finished and tracker is not None:
             skipped = skip_if_finished(plain, tracker, job, name)
             if skipped is not None:
@@ -274,8 +231,8 @@ def recorded_choices(hydra_config: DictConfig) -> dict[str, str]:
         if not str(group).startswith("hydra/") and choice is not None
     }
     return {
-        "looplab.overrides": json.dumps(list(hydra_config.overrides.task)),
-        "looplab.choices": json.dumps(choices, sort_keys=True),
+        tag.OVERRIDES: json.dumps(list(hydra_config.overrides.task)),
+        tag.CHOICES: json.dumps(choices, sort_keys=True),
     }
 
 
@@ -294,7 +251,7 @@ def requested_tags() -> dict[str, str]:
     return {
         str(k): str(v)
         for k, v in asked.items()
-        if str(k).startswith("looplab.") or str(k) == ASKED_NAME
+        if str(k).startswith("looplab.") or str(k) == tag.RUN_NAME
     }
 
 
@@ -307,8 +264,8 @@ def skip_if_finished(
 
     The data digest is of the table as loaded, so a changed CSV trains again.
     """
-    from looplab.config import identity
-    from looplab.run import describe_data
+    from looplab.run.naming import identity
+    from looplab.run.records import describe_data
 
     digest = describe_data(plain).digest
     run_id, val_loss = tracker.find_finished(identity(plain), digest)
@@ -335,62 +292,6 @@ def _job_failed(
     return math.inf
 
 
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def _allowed(message: str) -> str:
-    """What OmegaConf's type check allows, in a user's words."""
-    checks = [
-        (r"expected one of \[(.*)\]", lambda m: f"choose one of {m.group(1)}"),
-        (r"converted to Integer", lambda m: "it must be an integer"),
-        (r"converted to Float", lambda m: "it must be a number"),
-        (r"not a valid bool", lambda m: "it must be true or false"),
-        (r"is not a ListConfig", lambda m: "it must be a list, e.g. [a,b]"),
-        (r"is not Optional", lambda m: "it cannot be null"),
-        (r"is not a subclass of (\w+)", lambda m: "it is a group of keys; set one key in it"),
-    ]
-    for pattern, wording in checks:
-        found = re.search(pattern, message)
-        if found:
-            return wording(found)
-    return message
-
-
-def describe(error: BaseException) -> str:
-    """One line for a Hydra or OmegaConf error: the key, the bad value, what is allowed."""
-    if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
-        group, _, option = (error.missing_cfg_file or "").rpartition("/")
-        if group == "hydra/launcher" and option in LAUNCHER_EXTRAS:
-            extra, install = LAUNCHER_EXTRAS[option]
-            return f"hydra/launcher={option} needs the {extra} extra: {install} (docs/scaling.md)"
-        if error.options:
-            return f"{group}={option} is not an option; choose one of {', '.join(error.options)}"
-        return f"{group}={option}: there is no config '{error.missing_cfg_file}'"
-    if isinstance(error, OverrideParseException):
-        return (
-            f"cannot parse the command line: {_first_line(str(error))} "
-            "(see https://hydra.cc/docs/advanced/override_grammar/basic/)"
-        )
-    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
-    if isinstance(cause, OmegaConfBaseException):
-        key = cause.full_key or "?"
-        message = _first_line(cause.msg or str(cause))
-        if isinstance(cause, ConfigAttributeError | ConfigKeyError) and message.startswith("Key "):
-            return unknown_key_message(key)
-        if isinstance(cause, ValidationError):
-            value = "null" if cause.value is None else cause.value
-            return f"{key}={value} is not allowed: {_allowed(message)}"
-        return f"{key}: {message}"
-    lines = []
-    for line in str(error).splitlines():
-        if line.strip().endswith("search path:") or line.strip() == "Search path:":
-            break
-        if line.strip():
-            lines.append(line.strip())
-    return "; ".join(lines) or type(error).__name__
-
-
 def main() -> None:
     """The `looplab-train` console script: Hydra, with bad input worded as one line."""
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -400,23 +301,18 @@ def main() -> None:
     # hydra/launcher=ray: Ray folds lines that differ only in numbers ("[job 1] Epoch: 2/3"
     # and "[job 3] Epoch: 2/3") into one; every job's lines are wanted.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from looplab import sweep
-
     try:
         train_job()
     except (HydraException, OmegaConfBaseException) as error:
         if wants_traceback:
             raise
         _fail(describe(error))
-    except sweep.SweepRefused as refused:
-        _fail(str(refused))
+    except (SweepRefused, SweepFailed) as stopped:
+        _fail(str(stopped))
     except KeyboardInterrupt:  # before or after a run: there is nothing to mark KILLED
         _fail("interrupted", EXIT_INTERRUPTED)
     except Terminated:
         _fail("terminated", EXIT_TERMINATED)
-    if sweep.FAILED_JOBS:
-        failed = ", ".join(f"#{job.num} {job.name}" for job in sweep.FAILED_JOBS)
-        _fail(f"{len(sweep.FAILED_JOBS)} job(s) of the sweep failed: {failed}")
 
 
 if __name__ == "__main__":

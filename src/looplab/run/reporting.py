@@ -12,7 +12,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from looplab.loop import EpochResult
+from looplab.core.loop import EpochResult
 
 # How often a progress bar's text, the console's lines or a CSV buffer are written, at most.
 REFRESH_SECONDS = 0.5

@@ -1,43 +1,41 @@
-"""One run, from a plain config to a finished MLflow run: data, model, update, loop, records.
+"""One run, from a plain config to its end: the parts, the loop, the records, and how it ends.
 
-This module wires the pieces together and decides how a run ends (FINISHED, FAILED or
-KILLED). It takes an OmegaConf config but never Hydra, so tests can call `execute` with a
-composed config, and the entry point in `train.py` stays the only place that knows Hydra.
+`execute` wires the pieces together and decides how a run ends (FINISHED, FAILED or KILLED).
+It records through a `Recorder` it is handed (the tracking side's, or none), and knows neither
+Hydra nor MLflow, so tests and `make bench` call it with any composed config.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from looplab import data as datasets
-from looplab.config import identity, params, rerunnable, run_name, validate
-from looplab.device import resolve_device, step_work
-from looplab.errors import (
+from looplab.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     DivergedError,
     Terminated,
 )
-from looplab.loop import EpochCallback, EpochResult, fit
-from looplab.model import LossFn, build_model, loss_function, quality
-from looplab.reporting import ConsoleReport, MetricsCsv
-from looplab.tracking import OfflineTracker, Tracker, start_tracker
-from looplab.tracking.record import shown
-from looplab.update import Updater, build_update
+from looplab.core.loop import EpochResult
+from looplab.core.paths import shown
+from looplab.core.schema import validate
+from looplab.run.config_file import rerunnable
+from looplab.run.naming import identity, params, run_name
+from looplab.run.prepare import prepare
+from looplab.run.recorder import Recorder
+from looplab.run.records import dataset_input, describe_data, environment_tags, preprocessing
+from looplab.run.reporting import ConsoleReport, MetricsCsv
 
 log = logging.getLogger("looplab")
 
@@ -83,7 +81,7 @@ def execute(
     cfg: DictConfig,
     output_dir: Path,
     hydra_dir: Path | None = None,
-    tracker: Tracker | OfflineTracker | None = None,
+    tracker: Recorder | None = None,
     name: str | None = None,
     console: ConsoleReport | None = None,
     tags: dict[str, str] | None = None,
@@ -98,7 +96,6 @@ def execute(
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
-    tracker = tracker or start_tracker(cfg)
     try:
         with sigterm_raises():
             return _execute(
@@ -117,133 +114,11 @@ def execute(
             tracker.close()
 
 
-def torch_threads(asked: int | None = None, given: float | None = None) -> int:
-    """Threads for torch's CPU kernels: `train.threads` when set; otherwise the CPUs this job
-    was given, wherever a scheduler says so; otherwise the cores this process may use, less
-    one for the MLflow writer and the rest of the machine.
-
-    The CPUs given, in order: `given` (a launcher's declared CPUs per job, e.g. submitit's
-    `cpus_per_task`, which its local executor does not enforce), SLURM's
-    `SLURM_CPUS_PER_TASK` (a job under sbatch or srun), then `OMP_NUM_THREADS` (set per job by
-    joblib's workers, and by Ray to a task's `num_cpus`).
-
-    Torch's default (every core) makes its threads spin against the writer or other jobs: on
-    2 busy cores a small epoch was measured 10 to 300 times slower with 2 threads than with 1.
-    """
-    if asked is not None:
-        return asked
-    if given:
-        return max(1, int(given))
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) >= 1:
-        return int(slurm)
-    if "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
-
-
-@dataclass
-class Prepared:
-    """Everything one run trains with, built from a plain config: the loop's inputs."""
-
-    device: torch.device
-    data: datasets.DeviceData
-    split_info: datasets.SplitData  # the split's description; its arrays are dropped
-    model: Callable[[torch.Tensor], torch.Tensor]
-    update: Updater
-    loss: LossFn
-    quality: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    quality_name: str
-    generator: torch.Generator
-    threads: int
-    device_reason: str = ""  # why device=auto kept to the CPU beside an accelerator
-
-    def fit(
-        self, epochs: int, batch_size: int | None, callbacks: Sequence[EpochCallback] = ()
-    ) -> list[EpochResult]:
-        """`loop.fit` on these parts: what a run, `make bench` and the tests train."""
-        return fit(
-            self.model,
-            self.loss,
-            self.update,
-            self.data,
-            epochs=epochs,
-            quality=self.quality,
-            quality_name=self.quality_name,
-            batch_size=batch_size,
-            generator=self.generator,
-            callbacks=callbacks,
-        )
-
-
-def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
-    """Set up one run from a plain config: threads, seed, device, data, model, update, loss.
-
-    The CLI and `make bench` both call this, so the benchmark times exactly what a run trains.
-    `cpus`: the CPUs a launcher gave this job, for `torch_threads`.
-    """
-    threads = torch_threads(cfg.train.threads, cpus)
-    torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    dtype = getattr(torch, cfg.train.dtype)
-    # A device that is not here is refused before the data loads; auto is weighed after.
-    device, device_reason = resolve_device(cfg.device.name)
-    split = datasets.load(
-        cfg.dataset.name,
-        **table_settings(cfg),
-        task=cfg.dataset.task,
-        test_size=cfg.dataset.test_size,
-        seed=cfg.seed,
-    )
-    if cfg.device.name == "auto":
-        n_train = len(split.y_train)
-        rows_a_step = min(cfg.train.batch_size or n_train, n_train)
-        work = step_work(rows_a_step, split.n_features, split.n_outputs, cfg.model.width)
-        device, device_reason = resolve_device("auto", work)
-    tensors = datasets.to_device(split, device, dtype)
-    task, target_std = split.task, split.target_std
-    # Keep the description, drop the float64 NumPy copy: only the device tensors train.
-    info = replace(split, x_train=split.x_train[:0], x_val=split.x_val[:0])
-    del split
-    model = build_model(
-        info.n_features,
-        info.n_outputs,
-        width=cfg.model.width,
-        activation=cfg.model.activation,
-        impl=cfg.model.impl,
-        init=cfg.model.init,
-        dtype=dtype,
-        device=device,
-        seed=cfg.seed,
-    )
-    update = build_update(
-        cfg["update"].name,  # cfg.update is DictConfig.update(), the dict method
-        list(model.parameters()),
-        lr=cfg.train.lr,
-        momentum=cfg.train.momentum,
-        weight_decay=cfg.train.weight_decay,
-    )
-    return Prepared(
-        device=device,
-        data=tensors,
-        split_info=info,
-        model=model,
-        update=update,
-        loss=loss_function(task, cfg.model.impl, cfg.model.loss),
-        quality=lambda p, y: quality(p, y, task, target_std),
-        quality_name="val_rmse" if task == "regression" else "val_accuracy",
-        generator=torch.Generator(device=device).manual_seed(cfg.seed),
-        threads=threads,
-        device_reason=device_reason,
-    )
-
-
 def _execute(
     cfg: DictConfig,
     output_dir: Path,
     hydra_dir: Path | None,
-    tracker: Tracker | OfflineTracker | None,
+    tracker: Recorder | None,
     name: str,
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
@@ -349,84 +224,6 @@ def _execute(
     if failure is not None:
         raise failure
     return result
-
-
-def table_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The `dataset.*` keys that say which table is read (the split's keys aside)."""
-    dataset = cfg.dataset
-    return {
-        "path": dataset.path,
-        "target": dataset.target,
-        "drop": list(dataset.drop),
-        "sep": dataset.sep,
-        "encoding": dataset.encoding,
-    }
-
-
-def describe_data(cfg: DictConfig) -> datasets.DataRecord:
-    """The data record of a plain config's data set (its table is read once per process)."""
-    return datasets.describe_data(cfg.dataset.name, **table_settings(cfg))
-
-
-def dataset_input(record: datasets.DataRecord) -> dict[str, str]:
-    """The fields of an MLflow dataset input: the UI's Dataset column shows name and digest."""
-    import json
-
-    return {
-        "name": record.name,
-        "digest": record.digest,
-        "source_type": record.source_type,
-        "source": json.dumps({"uri": record.source}),
-        "schema": record.mlflow_schema(),
-        "profile": json.dumps(
-            {"num_rows": record.rows, "num_elements": record.rows * len(record.columns)}
-        ),
-        "context": "training",
-    }
-
-
-def preprocessing(info: datasets.SplitData) -> str:
-    """What a trained model needs to score new rows, as JSON for `preprocessing.json`: the task,
-    the class order, the feature columns in order, the scaler's and the target's statistics."""
-    import json
-
-    return json.dumps(
-        {
-            "task": info.task,
-            "classes": info.classes,
-            "features": info.feature_names,
-            "scaler_mean": info.scaler_mean,
-            "scaler_scale": info.scaler_scale,
-            "target_mean": info.target_mean,
-            "target_std": info.target_std,
-        },
-        indent=1,
-    )
-
-
-@functools.cache
-def environment_tags() -> dict[str, str]:
-    """What a rerun must match to give the same numbers: versions and platform (torch's
-    threads are the `torch.threads` param)."""
-    import platform
-    import sys
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "looplab.version.python": platform.python_version(),
-        # str(): torch's TorchVersion would make the writer import torch to unpickle it
-        "looplab.version.torch": str(torch.__version__),
-        "looplab.version.mlflow": installed("mlflow"),
-        "looplab.version.hydra": installed("hydra-core"),
-        "looplab.version.looplab": installed("looplab"),
-        "looplab.platform": f"{sys.platform} {platform.machine()} {platform.platform(terse=True)}",
-    }
 
 
 def closing_line(result: RunResult, output_dir: Path, hint: bool = True) -> str:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from looplab.data import TaskKind
-from looplab.errors import ConfigError, ShapeError
+from looplab.core.data import TaskKind
+from looplab.core.errors import ConfigError, ShapeError
 
 Tensor = torch.Tensor
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -1,0 +1,188 @@
+"""The sweep as one group in MLflow: a Hydra callback in the process that launches it.
+
+- `on_multirun_start`: every job is checked first (`launch.sweep`); then the sweep's parent
+  MLflow run is created, tagged with a sweep id derived from the sweep folder, which every
+  job's Hydra config holds, wherever the job runs;
+- each job (`cli.train`) looks its parent up by that tag, names itself after what varies,
+  and leaves a record of how it ended in the sweep folder (`launch.jobs`);
+- `on_multirun_end`: the parent gets the counts, the best child, the runs table (CSV) and the
+  curves (PNG); the table is printed; if any job failed, `SweepFailed` carries that to main.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from looplab.core.errors import LooplabError
+from looplab.core.schema import plain_config
+from looplab.launch.jobs import DONE, JobRecord, read_job_records, sweep_id
+from looplab.launch.sweep import (
+    SweepFailed,
+    SweepRefused,
+    check_jobs,
+    enumerate_jobs,
+    job_part,
+    refuse_intervals,
+    refuse_slurm_elsewhere,
+    sweep_overrides,
+)
+from looplab.run import tags as tag
+
+
+class SweepCallback(Callback):
+    """Hydra's hook for a multirun: check it whole, group it under a parent, summarise it.
+
+    The parent run's writer lives on this object between the sweep's start and end, in the
+    launching process; it is left out when a launcher (joblib, submitit) pickles the
+    callbacks for its workers, which never end the sweep.
+    """
+
+    def __init__(self) -> None:
+        self.parent: Any = None  # the parent run's Tracker (or OfflineTracker)
+        self.parent_id: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"parent": None, "parent_id": None}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        lines = sweep_overrides(config)
+        jobs, swept = enumerate_jobs(lines)
+        if "grid" in str(config.hydra.sweeper.get("_target_", "")):
+            refuse_intervals(jobs, swept)
+        check_jobs(config.hydra.job.config_name, jobs)
+        refuse_slurm_elsewhere(str(config.hydra.launcher.get("_target_", "")))
+        settings = plain_config(job_part(config))
+        if not settings.tracking.enabled:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        from looplab.tracking import start_tracker
+
+        swept_lines = [line for line in lines if line.split("=", 1)[0].lstrip("+~") in swept]
+        name = "sweep: " + (" ".join(swept_lines) or f"{len(jobs)} job(s)")
+        tags = {
+            tag.ROLE: "sweep",
+            tag.SWEEP_ID: sweep_id(sweep_dir),
+            tag.SWEEP_DIR: str(sweep_dir),
+            tag.SWEPT_KEYS: ",".join(swept),
+            "looplab.jobs_planned": str(jobs_planned(config, jobs)),
+            "mlflow.source.name": "looplab-train -m",
+        }
+        params = {"sweep.overrides": " ".join(lines), "sweep.dir": str(sweep_dir)}
+        parent = start_tracker(settings)
+        assert parent is not None  # tracking is on
+        try:
+            self.parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
+        except LooplabError as error:
+            parent.stop()
+            raise SweepRefused(str(error)) from None
+        self.parent = parent
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        records = read_job_records(sweep_dir)
+        failed = [r for r in records if r.status not in DONE]
+        if self.parent is None:
+            _print_summary(records, None, None, None)
+        else:
+            settings = plain_config(job_part(config))
+            self._end_parent(
+                records, sweep_dir, settings.tracking.uri, settings.tracking.experiment
+            )
+        if failed:
+            shown = ", ".join(f"#{job.num} {job.name}" for job in failed)
+            raise SweepFailed(f"{len(failed)} job(s) of the sweep failed: {shown}")
+
+    def _end_parent(
+        self, records: list[JobRecord], sweep_dir: Path, uri: str, experiment: str
+    ) -> None:
+        """The parent's closing tags and files (runs table, curves), its end, the summary."""
+        from looplab.tracking import reader, settle_idle
+
+        parent, parent_id = self.parent, self.parent_id
+        self.parent = self.parent_id = None
+        finished = [r for r in records if r.status in DONE]
+        failed = [r for r in records if r.status not in DONE]
+        skipped = [r for r in records if r.status == "SKIPPED"]
+        files: list[tuple[Path, str | None]] = []
+        table_text = None
+        for warning in settle_idle():  # this process's jobs: their runs' ends are read here
+            print(f"warning: {warning}", file=sys.stderr)
+        runs = []
+        if parent_id is not None:  # offline, or a store that is away: no table, no curves
+            try:
+                ended_jobs = {r.num for r in records if r.tracked}
+                runs = reader.sweep_children(uri, experiment, parent_id, ended_jobs)
+                # A skipped job's run is the FINISHED run it matched (of an earlier sweep).
+                listed = {r.info.run_id for r in runs}
+                earlier = sorted({r.run_id for r in skipped if r.run_id} - listed)
+                if earlier:
+                    runs += reader.find_runs(uri, experiment, run_ids=earlier)
+            except LooplabError as error:
+                print(f"warning: no runs table for the sweep: {error}", file=sys.stderr)
+        run_ids = {run.data.tags.get(tag.JOB): run.info.run_id for run in runs}
+        if runs:
+            table = reader.runs_table(runs)
+            table_text = reader.format_table(table)
+            reader.write_table_csv(table, sweep_dir / "runs.csv")
+            files = [(sweep_dir / "runs.csv", None)]
+            try:
+                reader.plot_curves(runs, "train_loss", sweep_dir / "curves.png")
+                files.append((sweep_dir / "curves.png", None))
+            except LooplabError as error:  # e.g. no job got to its first epoch
+                print(f"warning: no curves for the sweep: {error}", file=sys.stderr)
+        best = min(
+            (r for r in finished if "val_loss" in r.metrics),
+            key=lambda r: r.metrics["val_loss"],
+            default=None,
+        )
+        tags = {
+            "looplab.jobs_finished": str(len(finished)),
+            "looplab.jobs_failed": str(len(failed)),
+            "looplab.jobs_skipped": str(len(skipped)),
+        }
+        if best is not None:
+            tags["looplab.best_run_id"] = best.run_id or run_ids.get(str(best.num), "")
+            tags["looplab.best_job"] = str(best.num)
+            tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
+        warning = parent.finish("FINISHED" if not failed else "FAILED", tags, files)
+        parent.stop()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        _print_summary(records, table_text, parent_id, uri)
+        if parent.note:
+            print(parent.note)
+
+
+def jobs_planned(config: DictConfig, jobs: list[Any]) -> int:
+    """How many jobs the sweep will launch: a search's `n_trials`, else the grid's product."""
+    trials = config.hydra.sweeper.get("n_trials")
+    return int(trials) if trials is not None else len(jobs)
+
+
+def _print_summary(
+    records: list[JobRecord], table: str | None, parent_id: str | None, uri: str | None
+) -> None:
+    """The runs table, then one line: how many jobs finished, which failed, where to look."""
+    done = sum(r.status in DONE for r in records)
+    failed = [r for r in records if r.status not in DONE]
+    skipped = sum(r.status == "SKIPPED" for r in records)
+    if table:
+        print(table)
+    for record in failed:  # the reasons here too: a cluster's jobs print into their own logs
+        print(f"failed: #{record.num} {record.name}: {record.error or record.status}")
+    line = f"sweep: {done} of {len(records)} jobs finished"
+    if skipped:
+        line += f" ({skipped} skipped: FINISHED before, tracking.skip_finished=true)"
+    if failed:
+        line += "; failed: " + ", ".join(f"#{r.num} {r.name}" for r in failed)
+    if parent_id:
+        line += (
+            f"; parent MLflow run {parent_id}: `looplab runs --last`, "
+            "`looplab plot --last --out curves.png`, `looplab ui`"
+        )
+    print(line)

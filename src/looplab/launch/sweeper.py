@@ -1,0 +1,75 @@
+"""What looplab's sweepers share: hand batches of jobs to the launcher Hydra chose."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from looplab.launch.jobs import JobRecord, job_name, job_record_path
+from looplab.launch.sweep import enumerate_jobs, sweep_overrides
+
+
+class LaunchingSweeper(Sweeper):
+    """What looplab's sweepers share: keep the config, and the launcher Hydra chose, to hand
+    each batch of jobs to; and see that every job launched ends with a record."""
+
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+        self.swept_keys: list[str] = []
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.swept_keys = enumerate_jobs(sweep_overrides(config))[1]
+
+    def launch(self, batch: Sequence[Sequence[str]], first_num: int) -> list[JobReturn]:
+        """Hand a batch of jobs to the launcher; every job of it ends with a record.
+
+        A job records how it ended itself, in the sweep folder, wherever it runs (another
+        process, another machine). One that could not (it raised, and Hydra hands the
+        exception back; or its process died, and submitit or Ray raise for the whole batch)
+        is recorded FAILED here, in the launching process, so that the summary and the exit
+        code count it, and the next batch still runs.
+        """
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        lost = None
+        try:
+            returns = list(self.launcher.launch(batch, initial_job_idx=first_num))
+        except Exception as error:  # e.g. submitit's UncompletedJobError, Ray's RayTaskError
+            lost = f"the launcher reported it lost: {_one_line(error, lines=2)}"
+            returns = [JobReturn(status=JobStatus.FAILED, _return_value=error)] * len(batch)
+        for num, (overrides, ret) in enumerate(zip(batch, returns, strict=True), first_num):
+            if job_record_path(sweep_dir, num).is_file():
+                continue
+            raised = getattr(ret, "_return_value", None)
+            if lost:
+                message = lost
+            elif ret.status == JobStatus.FAILED and isinstance(raised, BaseException):
+                message = _one_line(raised)
+            else:
+                message = "it ended without leaving a record"
+            name = job_name(list(overrides), self.swept_keys) or f"job {num}"
+            print(f"looplab-train: job {num} {name}: failed: {message}", file=sys.stderr)
+            JobRecord(num, name, "FAILED", error=message).write(sweep_dir)
+        return returns
+
+
+def _one_line(error: BaseException, lines: int = 1) -> str:
+    """An exception as one line: its type and the first line(s) of its message (submitit's
+    say which job in the first, and what happened to it in the second)."""
+    text = " ".join([line.strip() for line in str(error).splitlines() if line.strip()][:lines])
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

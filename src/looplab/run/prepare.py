@@ -1,0 +1,152 @@
+"""Everything one run trains with, built from a plain config: threads, seed, device, data,
+model, update, loss. The CLI, `make bench` and the tests all build runs here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from looplab.core import data as datasets
+from looplab.core.device import resolve_device, step_work
+from looplab.core.loop import EpochCallback, EpochResult, fit
+from looplab.core.model import LossFn, build_model, loss_function, quality
+from looplab.core.update import Updater, build_update
+
+
+def torch_threads(asked: int | None = None, given: float | None = None) -> int:
+    """Threads for torch's CPU kernels: `train.threads` when set; otherwise the CPUs this job
+    was given, wherever a scheduler says so; otherwise the cores this process may use, less
+    one for the MLflow writer and the rest of the machine.
+
+    The CPUs given, in order: `given` (a launcher's declared CPUs per job, e.g. submitit's
+    `cpus_per_task`, which its local executor does not enforce), SLURM's
+    `SLURM_CPUS_PER_TASK` (a job under sbatch or srun), then `OMP_NUM_THREADS` (set per job by
+    joblib's workers, and by Ray to a task's `num_cpus`).
+
+    Torch's default (every core) makes its threads spin against the writer or other jobs: on
+    2 busy cores a small epoch was measured 10 to 300 times slower with 2 threads than with 1.
+    """
+    if asked is not None:
+        return asked
+    if given:
+        return max(1, int(given))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) >= 1:
+        return int(slurm)
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+@dataclass
+class Prepared:
+    """Everything one run trains with, built from a plain config: the loop's inputs."""
+
+    device: torch.device
+    data: datasets.DeviceData
+    split_info: datasets.SplitData  # the split's description; its arrays are dropped
+    model: Callable[[torch.Tensor], torch.Tensor]
+    update: Updater
+    loss: LossFn
+    quality: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    quality_name: str
+    generator: torch.Generator
+    threads: int
+    device_reason: str = ""  # why device=auto kept to the CPU beside an accelerator
+
+    def fit(
+        self, epochs: int, batch_size: int | None, callbacks: Sequence[EpochCallback] = ()
+    ) -> list[EpochResult]:
+        """`loop.fit` on these parts: what a run, `make bench` and the tests train."""
+        return fit(
+            self.model,
+            self.loss,
+            self.update,
+            self.data,
+            epochs=epochs,
+            quality=self.quality,
+            quality_name=self.quality_name,
+            batch_size=batch_size,
+            generator=self.generator,
+            callbacks=callbacks,
+        )
+
+
+def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
+    """Set up one run from a plain config: threads, seed, device, data, model, update, loss.
+
+    The CLI and `make bench` both call this, so the benchmark times exactly what a run trains.
+    `cpus`: the CPUs a launcher gave this job, for `torch_threads`.
+    """
+    threads = torch_threads(cfg.train.threads, cpus)
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    dtype = getattr(torch, cfg.train.dtype)
+    # A device that is not here is refused before the data loads; auto is weighed after.
+    device, device_reason = resolve_device(cfg.device.name)
+    split = datasets.load(
+        cfg.dataset.name,
+        **table_settings(cfg),
+        task=cfg.dataset.task,
+        test_size=cfg.dataset.test_size,
+        seed=cfg.seed,
+    )
+    if cfg.device.name == "auto":
+        n_train = len(split.y_train)
+        rows_a_step = min(cfg.train.batch_size or n_train, n_train)
+        work = step_work(rows_a_step, split.n_features, split.n_outputs, cfg.model.width)
+        device, device_reason = resolve_device("auto", work)
+    tensors = datasets.to_device(split, device, dtype)
+    task, target_std = split.task, split.target_std
+    # Keep the description, drop the float64 NumPy copy: only the device tensors train.
+    info = replace(split, x_train=split.x_train[:0], x_val=split.x_val[:0])
+    del split
+    model = build_model(
+        info.n_features,
+        info.n_outputs,
+        width=cfg.model.width,
+        activation=cfg.model.activation,
+        impl=cfg.model.impl,
+        init=cfg.model.init,
+        dtype=dtype,
+        device=device,
+        seed=cfg.seed,
+    )
+    update = build_update(
+        cfg["update"].name,  # cfg.update is DictConfig.update(), the dict method
+        list(model.parameters()),
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+    )
+    return Prepared(
+        device=device,
+        data=tensors,
+        split_info=info,
+        model=model,
+        update=update,
+        loss=loss_function(task, cfg.model.impl, cfg.model.loss),
+        quality=lambda p, y: quality(p, y, task, target_std),
+        quality_name="val_rmse" if task == "regression" else "val_accuracy",
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+        threads=threads,
+        device_reason=device_reason,
+    )
+
+
+def table_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The `dataset.*` keys that say which table is read (the split's keys aside)."""
+    dataset = cfg.dataset
+    return {
+        "path": dataset.path,
+        "target": dataset.target,
+        "drop": list(dataset.drop),
+        "sep": dataset.sep,
+        "encoding": dataset.encoding,
+    }

@@ -1,0 +1,42 @@
+"""What a run records through: the small interface the tracking side implements.
+
+`execute` hands it the run's start (params, tags, start-up files, dataset inputs), every
+epoch (as an epoch callback), and the run's end; it never learns where the records go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from looplab.core.loop import EpochResult
+
+
+class Recorder(Protocol):
+    finished_run_id: str | None  # the store's id of the run `finish` ended, once known
+    note: str | None  # a line for the user at the run's end, or None
+
+    def start_run(
+        self,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        artifacts: list[tuple[Path, str | None]],
+        wait: bool = True,
+        start_time_ms: int | None = None,
+        record_dir: Path | None = None,
+        inputs: list[dict[str, str]] | None = None,
+    ) -> str | None: ...
+
+    def __call__(self, result: EpochResult) -> None: ...
+
+    def finish(
+        self,
+        status: str,
+        tags: dict[str, str] | None = None,
+        artifacts: Sequence[tuple[Path, str | None]] = (),
+        wait: bool = True,
+    ) -> str | None: ...
+
+    def close(self) -> None: ...

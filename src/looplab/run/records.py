@@ -1,0 +1,77 @@
+"""What a run records about itself besides its epochs: its data (digest, MLflow dataset
+input), its preprocessing, and the versions and platform a rerun must match."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+from omegaconf import DictConfig
+
+from looplab.core import data as datasets
+from looplab.run.prepare import table_settings
+
+
+def describe_data(cfg: DictConfig) -> datasets.DataRecord:
+    """The data record of a plain config's data set (its table is read once per process)."""
+    return datasets.describe_data(cfg.dataset.name, **table_settings(cfg))
+
+
+def dataset_input(record: datasets.DataRecord) -> dict[str, str]:
+    """The fields of an MLflow dataset input: the UI's Dataset column shows name and digest."""
+
+    return {
+        "name": record.name,
+        "digest": record.digest,
+        "source_type": record.source_type,
+        "source": json.dumps({"uri": record.source}),
+        "schema": record.mlflow_schema(),
+        "profile": json.dumps(
+            {"num_rows": record.rows, "num_elements": record.rows * len(record.columns)}
+        ),
+        "context": "training",
+    }
+
+
+def preprocessing(info: datasets.SplitData) -> str:
+    """What a trained model needs to score new rows, as JSON for `preprocessing.json`: the task,
+    the class order, the feature columns in order, the scaler's and the target's statistics."""
+
+    return json.dumps(
+        {
+            "task": info.task,
+            "classes": info.classes,
+            "features": info.feature_names,
+            "scaler_mean": info.scaler_mean,
+            "scaler_scale": info.scaler_scale,
+            "target_mean": info.target_mean,
+            "target_std": info.target_std,
+        },
+        indent=1,
+    )
+
+
+@functools.cache
+def environment_tags() -> dict[str, str]:
+    """What a rerun must match to give the same numbers: versions and platform (torch's
+    threads are the `torch.threads` param)."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "looplab.version.python": platform.python_version(),
+        # str(): torch's TorchVersion would make the writer import torch to unpickle it
+        "looplab.version.torch": str(torch.__version__),
+        "looplab.version.mlflow": installed("mlflow"),
+        "looplab.version.hydra": installed("hydra-core"),
+        "looplab.version.looplab": installed("looplab"),
+        "looplab.platform": f"{sys.platform} {platform.machine()} {platform.platform(terse=True)}",
+    }

@@ -1,0 +1,11 @@
+"""Names of the tags a run carries that more than one module writes or reads: defined once."""
+
+ROLE = "looplab.role"  # "sweep" for a sweep's parent, "job" for its children
+SWEEP_ID = "looplab.sweep_id"  # a hash of the sweep folder, on the parent and every job
+SWEEP_DIR = "looplab.sweep_dir"
+SWEPT_KEYS = "looplab.swept_keys"  # on the parent: the keys that vary, comma-separated
+JOB = "looplab.job"  # a job's number in its sweep
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+OVERRIDES = "looplab.overrides"  # the overrides as typed, JSON
+CHOICES = "looplab.choices"  # the group choices, JSON
