@@ -19,6 +19,7 @@ when a command runs, so that `looplab --help` answers at once. Errors the user c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a LooplabError becomes one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # see cli/train.py
     try:
         return args.run(args)
     except LooplabError as error:

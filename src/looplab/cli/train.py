@@ -152,6 +152,8 @@ def train_job(cfg: DictConfig) -> float:
     if hydra_config.mode == RunMode.MULTIRUN:
         sweep_dir = Path(str(hydra_config.sweep.dir)).resolve()
         job = SweepJob(hydra_config.job.num, sweep_dir, list(hydra_config.overrides.task))
+    else:
+        note_declared_sweep(hydra_config)
     name = ""
     tracker: Tracker | None = None
     runs_before = 0
@@ -161,8 +163,8 @@ def train_job(cfg: DictConfig) -> float:
         # Start MLflow's writer process before torch is imported, so the two overlap.
         tracker = start_tracker(plain)
         runs_before = tracker.runs_started if tracker else 0
-        from looplab.reporting import ConsoleReport
-        from looplab.run import execute, print_warning
+        from looplab.run.execute import execute, print_warning
+        from looplab.run.reporting import ConsoleReport
 
         preset = hydra_config.runtime.choices.get("experiment")
         name = run_name(plain, baseline(preset), preset)
@@ -221,6 +223,27 @@ def train_job(cfg: DictConfig) -> float:
     if result.error:  # a diverged job in a sweep: reported, and the sweep goes on
         print(f"looplab-train: job {job.num if job else 0}: {result.error}", file=sys.stderr)
     return result.objective
+
+
+def note_declared_sweep(hydra_config: DictConfig) -> None:
+    """A preset that declares a sweep (`hydra.sweeper.params`), run without `-m`, trains one
+    run with its defaults: say so in one line, with the command that runs the sweep."""
+    declared = hydra_config.sweeper.get("params") or {}
+    if not declared:
+        return
+    choices = hydra_config.runtime.choices
+    presets = [
+        f"{group}={choices[group]}"
+        for group in ("experiment", "hparams_search")
+        if choices.get(group) not in (None, "grid")
+    ]
+    preset = presets[0] if presets else "the config"
+    swept = " ".join(f"{key}={value}" for key, value in declared.items())
+    print(
+        f"looplab-train: {preset} declares a sweep ({swept}); this trains one run with its "
+        f"defaults; run the sweep with `looplab-train -m {preset}`",
+        file=sys.stderr,
+    )
 
 
 def recorded_choices(hydra_config: DictConfig) -> dict[str, str]:
@@ -298,6 +321,9 @@ def main() -> None:
     os.environ[USER_FULL_ERROR] = "1" if wants_traceback else "0"  # seen by launcher workers
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we word the error below
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow's own "View run ... at" lines name no job and open the GenAI view: looplab's
+    # closing lines say where to look instead (tracking/links.py).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # hydra/launcher=ray: Ray folds lines that differ only in numbers ("[job 1] Epoch: 2/3"
     # and "[job 3] Epoch: 2/3") into one; every job's lines are wanted.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

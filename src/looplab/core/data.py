@@ -6,9 +6,10 @@ training loop never copies data between host and device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -274,9 +275,28 @@ def split_and_scale(
     )
 
 
+@dataclass(frozen=True)
+class Table:
+    """Which table a run reads: a built-in data set, or a CSV and how to read it. The one
+    spelling of these six settings; frozen, so a read table can be remembered by it."""
+
+    name: str
+    path: str | None = None
+    target: str | None = None
+    drop: tuple[str, ...] = ()
+    sep: str = ","
+    encoding: str = "utf-8"
+
+    def stamp(self) -> tuple[str, int, int] | None:
+        """A CSV file's path, time and size (a changed file is read again); None otherwise."""
+        if self.name != "csv" or self.path is None:
+            return None
+        info = local_path(self.path).stat()
+        return (str(local_path(self.path).resolve()), info.st_mtime_ns, info.st_size)
+
+
 def load(
     name: str,
-    *,
     path: str | None = None,
     target: str | None = None,
     drop: list[str] | tuple[str, ...] = (),
@@ -287,41 +307,50 @@ def load(
     encoding: str = "utf-8",
 ) -> SplitData:
     """The whole preprocessing of one data set, from name (or CSV) to scaled splits."""
-    features, labels = _cached_table(name, path, target, tuple(drop), sep, encoding)
-    return split_and_scale(features, labels, test_size, seed, task)
+    read = read_table(Table(name, path, target, tuple(drop), sep, encoding))
+    return split_and_scale(read.features, read.labels, test_size, seed, task)
 
 
-_TABLES: dict[tuple, tuple[pd.DataFrame, pd.Series]] = {}
+def describe_data(table: Table) -> DataRecord:
+    """The digest of the table a run loads, and for a CSV the sha256 of its file: what tells
+    a changed data set from the same one. Read and worked out once, shared with `load`."""
+    return read_table(table).record
 
 
-def _cached_table(
-    name: str, path: str | None, target: str | None, drop: tuple[str, ...], sep: str, encoding: str
-) -> tuple[pd.DataFrame, pd.Series]:
+@dataclass
+class ReadTable:
+    """A table as read: its features and target, and (worked out when asked) its record."""
+
+    table: Table
+    features: pd.DataFrame
+    labels: pd.Series
+    _record: DataRecord | None = None
+
+    @property
+    def record(self) -> DataRecord:
+        if self._record is None:
+            self._record = _record_of(self.table, self.features, self.labels)
+        return self._record
+
+
+def read_table(table: Table) -> ReadTable:
     """`load_table`, read once per process while the file is unchanged: the jobs of a sweep
     that run in one process (a seed sweep, say) share the table instead of parsing it again.
     The split never changes the table it is given."""
-    key = _table_key(name, path, target, drop, sep, encoding)
-    if key is None:  # let load_table say what is wrong with the file
-        return load_table(name, path, target, drop, sep, encoding)
-    if key not in _TABLES:
-        _TABLES.clear()  # one table at a time: a sweep over data sets does not pile them up
-        _TABLES[key] = load_table(name, path, target, drop, sep, encoding)
-    return _TABLES[key]
+    try:
+        stamp = table.stamp()
+    except OSError:  # not there: let load_table say what is wrong with the file
+        return ReadTable(table, *load_table(**_settings(table)))
+    return _remembered(table, stamp)
 
 
-def _table_key(
-    name: str, path: str | None, target: str | None, drop: tuple[str, ...], sep: str, encoding: str
-) -> tuple | None:
-    """What a cached table is known by: its settings and, for a CSV, the file's path, time and
-    size (a changed file is read again); None for a file that is not there."""
-    stamp = None
-    if name == "csv" and path is not None:
-        file = local_path(path)
-        info = file.stat() if file.is_file() else None
-        if info is None:
-            return None
-        stamp = (str(file.resolve()), info.st_mtime_ns, info.st_size)
-    return (name, stamp, target, drop, sep, encoding)
+@functools.lru_cache(maxsize=1)  # one table at a time: a sweep over data sets piles none up
+def _remembered(table: Table, stamp: tuple[str, int, int] | None) -> ReadTable:
+    return ReadTable(table, *load_table(**_settings(table)))
+
+
+def _settings(table: Table) -> dict[str, Any]:
+    return {f.name: getattr(table, f.name) for f in fields(table)}
 
 
 def local_path(path: str) -> Path:
@@ -366,45 +395,14 @@ class DataRecord:
         )
 
 
-def describe_data(
-    name: str,
-    path: str | None = None,
-    target: str | None = None,
-    drop: list[str] | tuple[str, ...] = (),
-    sep: str = ",",
-    encoding: str = "utf-8",
-) -> DataRecord:
-    """The digest of the table a run loads (read once per process, shared with `load`), and
-    for a CSV the sha256 of its file: what tells a changed data set from the same one.
-    Worked out once per process while the file is unchanged, like the table itself."""
-    key = _table_key(name, path, target, tuple(drop), sep, encoding)
-    if key is None or key not in _RECORDS:
-        record = _describe_data(name, path, target, drop, sep, encoding)
-        if key is None:
-            return record
-        _RECORDS.clear()
-        _RECORDS[key] = record
-    return _RECORDS[key]
-
-
-_RECORDS: dict[tuple, DataRecord] = {}
-
-
-def _describe_data(
-    name: str,
-    path: str | None,
-    target: str | None,
-    drop: list[str] | tuple[str, ...],
-    sep: str,
-    encoding: str,
-) -> DataRecord:
+def _record_of(table: Table, features: pd.DataFrame, labels: pd.Series) -> DataRecord:
     import hashlib
 
-    features, labels = _cached_table(name, path, target, tuple(drop), sep, encoding)
-    table = features.assign(**{f"__target__{labels.name}": labels})
+    name, path = table.name, table.path
+    whole = features.assign(**{f"__target__{labels.name}": labels})
     digest = hashlib.sha256()
-    digest.update("\0".join(f"{c}:{t}" for c, t in table.dtypes.items()).encode())
-    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    digest.update("\0".join(f"{c}:{t}" for c, t in whole.dtypes.items()).encode())
+    digest.update(pd.util.hash_pandas_object(whole, index=False).to_numpy().tobytes())
     file_sha256 = None
     if name == "csv" and path is not None:
         file_sha256 = hashlib.sha256(local_path(path).read_bytes()).hexdigest()
@@ -415,7 +413,7 @@ def _describe_data(
         digest=digest.hexdigest()[:16],
         source=str(source),
         source_type="local" if name == "csv" else "code",
-        rows=len(table),
+        rows=len(whole),
         columns=[
             (str(column), "double" if pd.api.types.is_numeric_dtype(values) else "string")
             for column, values in [*features.items(), (labels.name, labels)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -90,12 +89,9 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     dtype = getattr(torch, cfg.train.dtype)
     # A device that is not here is refused before the data loads; auto is weighed after.
     device, device_reason = resolve_device(cfg.device.name)
-    split = datasets.load(
-        cfg.dataset.name,
-        **table_settings(cfg),
-        task=cfg.dataset.task,
-        test_size=cfg.dataset.test_size,
-        seed=cfg.seed,
+    read = datasets.read_table(table_of(cfg))
+    split = datasets.split_and_scale(
+        read.features, read.labels, cfg.dataset.test_size, cfg.seed, cfg.dataset.task
     )
     if cfg.device.name == "auto":
         n_train = len(split.y_train)
@@ -140,13 +136,10 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     )
 
 
-def table_settings(cfg: DictConfig) -> dict[str, Any]:
+def table_of(cfg: DictConfig) -> datasets.Table:
     """The `dataset.*` keys that say which table is read (the split's keys aside)."""
     dataset = cfg.dataset
-    return {
-        "path": dataset.path,
-        "target": dataset.target,
-        "drop": list(dataset.drop),
-        "sep": dataset.sep,
-        "encoding": dataset.encoding,
-    }
+    return datasets.Table(
+        dataset.name, dataset.path, dataset.target, tuple(dataset.drop), dataset.sep,
+        dataset.encoding,
+    )  # fmt: skip

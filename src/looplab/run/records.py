@@ -10,12 +10,12 @@ import torch
 from omegaconf import DictConfig
 
 from looplab.core import data as datasets
-from looplab.run.prepare import table_settings
+from looplab.run.prepare import table_of
 
 
 def describe_data(cfg: DictConfig) -> datasets.DataRecord:
     """The data record of a plain config's data set (its table is read once per process)."""
-    return datasets.describe_data(cfg.dataset.name, **table_settings(cfg))
+    return datasets.describe_data(table_of(cfg))
 
 
 def dataset_input(record: datasets.DataRecord) -> dict[str, str]:
