@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from looplab.core import data
+from looplab.core import data, tables
 from looplab.core.errors import DataError
 from looplab.core.paths import RESOURCES
 
@@ -47,14 +47,14 @@ def test_split_is_seeded() -> None:
 
 
 def test_builtin_breast_cancer_matches_the_tutorials_csv_with_malignant_as_one() -> None:
-    features, labels = data.load_table("breast_cancer")
+    features, labels = tables.load_table("breast_cancer")
     table = pd.read_csv(TUTORIAL_CSV)
     np.testing.assert_allclose(features.to_numpy(), table.iloc[:, 2:32].to_numpy())
     np.testing.assert_array_equal(labels.to_numpy(), (table["diagnosis"] == "M").astype(int))
 
 
 def test_tutorial_csv_drops_id_and_the_empty_column_and_encodes_b0_m1() -> None:
-    features, labels = data.load_table(
+    features, labels = tables.load_table(
         "csv", path=str(TUTORIAL_CSV), target="diagnosis", drop=["id"]
     )
     assert "Unnamed: 32" not in features.columns and "id" not in features.columns

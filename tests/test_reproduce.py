@@ -16,7 +16,7 @@ import yaml
 from conftest import only_run, store_uri
 
 from looplab.cli import main as looplab
-from looplab.cli.reproduce import compare_histories
+from looplab.cli.differences import compare_histories
 from looplab.cli.train import execute_tracked as execute
 from looplab.core.errors import ConfigError
 from looplab.core.model import build_model

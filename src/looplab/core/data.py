@@ -1,4 +1,5 @@
-"""Load a data set, split it, scale it: the tutorial's preprocessing, for any table.
+"""Split a table, scale it, encode its labels: the tutorial's preprocessing, for any table
+(read by `tables`).
 
 Everything here is NumPy and pandas; `to_device` turns the result into tensors once, so the
 training loop never copies data between host and device.
@@ -6,23 +7,20 @@ training loop never copies data between host and device.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import sklearn
 import torch
-from pandas._libs.parsers import STR_NA_VALUES  # pandas' own list of missing-value marks
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from looplab.core.errors import DataError
+from looplab.core.tables import Table, read_table
 
 TaskKind = Literal["binary", "multiclass", "regression"]
-BUILTIN = ("breast_cancer", "iris", "wine", "digits", "diabetes")
 # A numeric target with at most this many distinct integer values is taken as class labels.
 MAX_INFERRED_CLASSES = 20
 
@@ -80,73 +78,6 @@ class DeviceData:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
-
-
-def load_table(
-    name: str,
-    path: str | None = None,
-    target: str | None = None,
-    drop: list[str] | tuple[str, ...] = (),
-    sep: str = ",",
-    encoding: str = "utf-8",
-) -> tuple[pd.DataFrame, pd.Series]:
-    """Features and target of a built-in data set, or of any CSV file."""
-    if name == "csv":
-        return _read_csv(path, target, list(drop), sep, encoding)
-    if name not in BUILTIN:
-        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(BUILTIN)} or csv")
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
-    features, labels = bunch.data, bunch.target
-    if name == "breast_cancer":
-        labels = 1 - labels  # scikit-learn says 0 = malignant; the tutorial's CSV says M = 1
-    return features, labels.rename("target")
-
-
-def _read_csv(
-    path: str | None, target: str | None, drop: list[str], sep: str, encoding: str
-) -> tuple[pd.DataFrame, pd.Series]:
-    """Read a CSV whose target labels stay as written: `NA`, `null` or `None` are classes.
-
-    pandas takes such strings for missing values in every column by default; here only the
-    feature columns do, and an empty target cell is the one thing that counts as missing there.
-    """
-    if path is None or target is None:
-        raise DataError("dataset=csv needs dataset.path and dataset.target")
-    file = local_path(path)
-    if not file.is_file():
-        raise DataError(f"CSV file not found: {file}")
-    try:
-        header = pd.read_csv(file, sep=sep, encoding=encoding, nrows=0).columns
-        missing_marks = {str(column): sorted(STR_NA_VALUES) for column in header}
-        missing_marks[target] = [""]
-        table = pd.read_csv(
-            file, sep=sep, encoding=encoding, keep_default_na=False, na_values=missing_marks
-        )
-    except LookupError:
-        raise DataError(f"dataset.encoding={encoding} is not an encoding Python knows") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"CSV file is empty: {file}") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise DataError(f"cannot read CSV file {file}: {error}") from None
-    if table.empty:
-        raise DataError(f"CSV file has a header but no rows: {file}")
-    if target not in table.columns:
-        raise DataError(
-            f"target column '{target}' is not in {file.name}; its columns are: "
-            + ", ".join(map(str, table.columns))
-        )
-    missing = [column for column in drop if column not in table.columns]
-    if missing:
-        raise DataError(f"dataset.drop names columns that {file.name} lacks: {', '.join(missing)}")
-    if target in drop:
-        raise DataError(f"dataset.drop=[{', '.join(drop)}] drops the target column '{target}'")
-    if table[target].isna().all():
-        raise DataError(f"target column '{target}' of {file.name} is empty")
-    empty = [column for column in table.columns if table[column].isna().all()]
-    table = table.drop(columns=[*drop, *empty])
-    return table.drop(columns=[target]), table[target]
 
 
 def infer_task(labels: pd.Series, forced: str | None) -> TaskKind:
@@ -275,26 +206,6 @@ def split_and_scale(
     )
 
 
-@dataclass(frozen=True)
-class Table:
-    """Which table a run reads: a built-in data set, or a CSV and how to read it. The one
-    spelling of these six settings; frozen, so a read table can be remembered by it."""
-
-    name: str
-    path: str | None = None
-    target: str | None = None
-    drop: tuple[str, ...] = ()
-    sep: str = ","
-    encoding: str = "utf-8"
-
-    def stamp(self) -> tuple[str, int, int] | None:
-        """A CSV file's path, time and size (a changed file is read again); None otherwise."""
-        if self.name != "csv" or self.path is None:
-            return None
-        info = local_path(self.path).stat()
-        return (str(local_path(self.path).resolve()), info.st_mtime_ns, info.st_size)
-
-
 def load(
     name: str,
     path: str | None = None,
@@ -309,117 +220,6 @@ def load(
     """The whole preprocessing of one data set, from name (or CSV) to scaled splits."""
     read = read_table(Table(name, path, target, tuple(drop), sep, encoding))
     return split_and_scale(read.features, read.labels, test_size, seed, task)
-
-
-def describe_data(table: Table) -> DataRecord:
-    """The digest of the table a run loads, and for a CSV the sha256 of its file: what tells
-    a changed data set from the same one. Read and worked out once, shared with `load`."""
-    return read_table(table).record
-
-
-@dataclass
-class ReadTable:
-    """A table as read: its features and target, and (worked out when asked) its record."""
-
-    table: Table
-    features: pd.DataFrame
-    labels: pd.Series
-    _record: DataRecord | None = None
-
-    @property
-    def record(self) -> DataRecord:
-        if self._record is None:
-            self._record = _record_of(self.table, self.features, self.labels)
-        return self._record
-
-
-def read_table(table: Table) -> ReadTable:
-    """`load_table`, read once per process while the file is unchanged: the jobs of a sweep
-    that run in one process (a seed sweep, say) share the table instead of parsing it again.
-    The split never changes the table it is given."""
-    try:
-        stamp = table.stamp()
-    except OSError:  # not there: let load_table say what is wrong with the file
-        return ReadTable(table, *load_table(**_settings(table)))
-    return _remembered(table, stamp)
-
-
-@functools.lru_cache(maxsize=1)  # one table at a time: a sweep over data sets piles none up
-def _remembered(table: Table, stamp: tuple[str, int, int] | None) -> ReadTable:
-    return ReadTable(table, *load_table(**_settings(table)))
-
-
-def _settings(table: Table) -> dict[str, Any]:
-    return {f.name: getattr(table, f.name) for f in fields(table)}
-
-
-def local_path(path: str) -> Path:
-    """The file a `dataset.path` names: `pkg://looplab.resources/NAME` (a file packaged with
-    looplab, as Hydra names packaged configs) or a path on this machine. Only looplab's own
-    packages are looked in: a path is never a way to import another package."""
-    from looplab.core.paths import PACKAGE_PREFIX, RESOURCE_PACKAGE
-
-    if not path.startswith(PACKAGE_PREFIX):
-        return Path(path).expanduser()
-    package, _, name = path.removeprefix(PACKAGE_PREFIX).partition("/")
-    if package != RESOURCE_PACKAGE or not name or "/" in name or name.startswith("."):
-        raise DataError(
-            f"dataset.path={path}: a packaged file is {PACKAGE_PREFIX}{RESOURCE_PACKAGE}/NAME"
-        )
-    from importlib.resources import files
-
-    return Path(str(files(RESOURCE_PACKAGE) / name))
-
-
-@dataclass
-class DataRecord:
-    """The data a run trained on, as MLflow's dataset input records it (see `describe_data`)."""
-
-    name: str
-    digest: str  # of the loaded table: columns, types and every value
-    source: str  # the CSV (path or pkg:// name) or the scikit-learn loader
-    source_type: str
-    rows: int
-    columns: list[tuple[str, str]]  # (name, MLflow type: double or string)
-    file_sha256: str | None = None  # dataset=csv: the file's bytes
-
-    def mlflow_schema(self) -> str:
-        import json
-
-        return json.dumps(
-            {
-                "mlflow_colspec": [
-                    {"type": kind, "name": name, "required": True} for name, kind in self.columns
-                ]
-            }
-        )
-
-
-def _record_of(table: Table, features: pd.DataFrame, labels: pd.Series) -> DataRecord:
-    import hashlib
-
-    name, path = table.name, table.path
-    whole = features.assign(**{f"__target__{labels.name}": labels})
-    digest = hashlib.sha256()
-    digest.update("\0".join(f"{c}:{t}" for c, t in whole.dtypes.items()).encode())
-    digest.update(pd.util.hash_pandas_object(whole, index=False).to_numpy().tobytes())
-    file_sha256 = None
-    if name == "csv" and path is not None:
-        file_sha256 = hashlib.sha256(local_path(path).read_bytes()).hexdigest()
-    source = path if name == "csv" and path else f"sklearn.datasets.load_{name}"
-    stem = Path(str(path)).stem if name == "csv" and path else name
-    return DataRecord(
-        name=stem,
-        digest=digest.hexdigest()[:16],
-        source=str(source),
-        source_type="local" if name == "csv" else "code",
-        rows=len(whole),
-        columns=[
-            (str(column), "double" if pd.api.types.is_numeric_dtype(values) else "string")
-            for column, values in [*features.items(), (labels.name, labels)]
-        ],
-        file_sha256=file_sha256,
-    )
 
 
 def to_device(data: SplitData, device: torch.device, dtype: torch.dtype) -> DeviceData:

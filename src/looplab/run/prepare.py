@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from looplab.core import data as datasets
+from looplab.core import tables
 from looplab.core.device import resolve_device, step_work
 from looplab.core.loop import EpochCallback, EpochResult, fit
 from looplab.core.model import LossFn, build_model, loss_function, quality
@@ -89,7 +90,7 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     dtype = getattr(torch, cfg.train.dtype)
     # A device that is not here is refused before the data loads; auto is weighed after.
     device, device_reason = resolve_device(cfg.device.name)
-    read = datasets.read_table(table_of(cfg))
+    read = tables.read_table(table_of(cfg))
     split = datasets.split_and_scale(
         read.features, read.labels, cfg.dataset.test_size, cfg.seed, cfg.dataset.task
     )
@@ -136,10 +137,10 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     )
 
 
-def table_of(cfg: DictConfig) -> datasets.Table:
+def table_of(cfg: DictConfig) -> tables.Table:
     """The `dataset.*` keys that say which table is read (the split's keys aside)."""
     dataset = cfg.dataset
-    return datasets.Table(
+    return tables.Table(
         dataset.name, dataset.path, dataset.target, tuple(dataset.drop), dataset.sep,
         dataset.encoding,
     )  # fmt: skip

@@ -10,15 +10,16 @@ import torch
 from omegaconf import DictConfig
 
 from looplab.core import data as datasets
+from looplab.core import tables
 from looplab.run.prepare import table_of
 
 
-def describe_data(cfg: DictConfig) -> datasets.DataRecord:
+def describe_data(cfg: DictConfig) -> tables.DataRecord:
     """The data record of a plain config's data set (its table is read once per process)."""
-    return datasets.describe_data(table_of(cfg))
+    return tables.describe_data(table_of(cfg))
 
 
-def dataset_input(record: datasets.DataRecord) -> dict[str, str]:
+def dataset_input(record: tables.DataRecord) -> dict[str, str]:
     """The fields of an MLflow dataset input: the UI's Dataset column shows name and digest."""
 
     return {
