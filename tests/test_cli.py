@@ -220,7 +220,7 @@ def test_a_run_tells_its_story_on_the_console_and_in_train_log(run_cli, tmp_path
     closing = lines[-1]
     assert closing.startswith("breast_cancer impl=module epochs=3: FINISHED after 3 epochs (")
     assert run.info.run_id in closing and str(run_dir.relative_to(tmp_path)) in closing
-    assert "val_accuracy" in closing and "make ui" in closing
+    assert "val_accuracy" in closing and closing.endswith("; see it with `looplab ui`")
     story = (run_dir / "train.log").read_text()
     assert "task: binary classification" in story and ": FINISHED after 3 epochs" in story
     assert not (tmp_path / "mlruns").exists()

@@ -79,6 +79,19 @@ def check_run(client, run, epochs: int) -> None:
     assert {"config.yaml", "metrics.csv", ".hydra"} <= names, names
 
 
+def assert_hints_name_the_server(done, url: str, sweep: bool = False) -> None:
+    """Faults: MLflow's own "View run" lines on the console (no [job N], the GenAI view); a
+    closing line or a sweep's summary pointing at `looplab ui` (the local store) or at
+    `looplab runs` without --tracking-uri; a link that opens MLflow's GenAI view."""
+    assert "View run" not in done.stdout + done.stderr
+    assert "View experiment" not in done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert "`looplab ui`" not in last
+    assert f"{url}/#/experiments/" in last and last.endswith("?workflowType=machine_learning")
+    if sweep:
+        assert f"`looplab runs --last --tracking-uri {url}`" in last
+
+
 @pytest.mark.slow
 def test_looplab_server_with_basic_auth_takes_a_training_and_a_sweep(
     tmp_path: Path, monkeypatch
@@ -121,10 +134,12 @@ def test_looplab_server_with_basic_auth_takes_a_training_and_a_sweep(
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         single = train(tmp_path, *QUICK, "tracking=server", f"tracking.uri={url}")
         assert single.returncode == 0, single.stderr
+        assert_hints_name_the_server(single, url)
         sweep = train(
             tmp_path, "-m", *QUICK, "model.width=0,2", "tracking=server", f"tracking.uri={url}"
         )
         assert sweep.returncode == 0, sweep.stderr
+        assert_hints_name_the_server(sweep, url, sweep=True)
         client = MlflowClient(tracking_uri=url)
         experiment = client.get_experiment_by_name("looplab")
         runs = client.search_runs([experiment.experiment_id])

@@ -32,6 +32,7 @@ from looplab.launch.sweep import (
     sweep_overrides,
 )
 from looplab.run import tags as tag
+from looplab.tracking.links import sweep_hint
 
 
 class SweepCallback(Callback):
@@ -153,7 +154,8 @@ class SweepCallback(Callback):
         parent.stop()
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-        _print_summary(records, table_text, parent_id, uri)
+        hint = sweep_hint(uri, parent.experiment_id, parent_id) if parent_id else None
+        _print_summary(records, table_text, parent_id, hint)
         if parent.note:
             print(parent.note)
 
@@ -165,7 +167,7 @@ def jobs_planned(config: DictConfig, jobs: list[Any]) -> int:
 
 
 def _print_summary(
-    records: list[JobRecord], table: str | None, parent_id: str | None, uri: str | None
+    records: list[JobRecord], table: str | None, parent_id: str | None, hint: str | None
 ) -> None:
     """The runs table, then one line: how many jobs finished, which failed, where to look."""
     done = sum(r.status in DONE for r in records)
@@ -181,8 +183,5 @@ def _print_summary(
     if failed:
         line += "; failed: " + ", ".join(f"#{r.num} {r.name}" for r in failed)
     if parent_id:
-        line += (
-            f"; parent MLflow run {parent_id}: `looplab runs --last`, "
-            "`looplab plot --last --out curves.png`, `looplab ui`"
-        )
+        line += f"; parent MLflow run {parent_id}: {hint}"
     print(line)

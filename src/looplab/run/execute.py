@@ -218,7 +218,8 @@ def _execute(
     if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
         signal.signal(signal.SIGINT, signal.default_int_handler)
     result.seconds = time.monotonic() - started
-    log.info(console.prefix + closing_line(result, output_dir, hint=not console.prefix))
+    hint = tracker.hint() if tracker is not None and not console.prefix else None
+    log.info(console.prefix + closing_line(result, output_dir, hint))
     if tracker is not None and tracker.note:  # a sweep's jobs: in train.log; the sweep says it
         log.info(console.prefix + tracker.note, extra={"file_only": bool(console.prefix)})
     if failure is not None:
@@ -226,7 +227,7 @@ def _execute(
     return result
 
 
-def closing_line(result: RunResult, output_dir: Path, hint: bool = True) -> str:
+def closing_line(result: RunResult, output_dir: Path, hint: str | None = None) -> str:
     """One line that says how the run ended, its last numbers, and where to look (a sweep's
     jobs leave out the hint: the sweep's own summary gives it once)."""
     last = result.history[-1].metrics if result.history else {}
@@ -235,8 +236,8 @@ def closing_line(result: RunResult, output_dir: Path, hint: bool = True) -> str:
     where = f"files in {shown(output_dir)}"
     if result.run_id:
         where = f"MLflow run {result.run_id}; {where}"
-        if hint:
-            where += "; see it with `looplab ui` or `make ui`"
+        if hint:  # where to look, for the store the run went to (the recorder knows it)
+            where += f"; {hint}"
     why = f": {result.error}" if result.error else ""
     return f"{result.name}: {result.status} after {epochs} ({numbers}){why}; {where}"
 

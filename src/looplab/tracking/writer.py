@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.core.errors import TrackingError
+from looplab.tracking.links import run_hint
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, shown
 from looplab.tracking.store import (
     HEARTBEAT_TAG,
@@ -212,6 +213,10 @@ class OfflineTracker(_RunFolder):
         """Offline there is no store to find a finished run in: every job trains."""
         return None, math.nan
 
+    def hint(self) -> None:
+        """Offline there is nothing to see in a store yet: `note` says how to sync."""
+        return None
+
     def release(self) -> None:
         pass
 
@@ -265,6 +270,7 @@ class Tracker(_RunFolder):
             target=_reader, args=(self.process.stdout, self.replies), daemon=True
         ).start()
         self.opened = False  # the writer has said that the store answers
+        self.experiment_id: str | None = None  # the store's id of the experiment, once open
         self.finished_run_id: str | None = None  # the id of the last run this writer ended
         self.runs_started = 0  # runs handed to this writer, over the jobs it served
         self._send(("open", uri, experiment))
@@ -331,7 +337,7 @@ class Tracker(_RunFolder):
         """Wait, once per writer, until the store answers (or fail in seconds if it never
         does): a run never starts training against a store that is not there."""
         if not self.opened:
-            self._receive(CONNECT_TIMEOUT_SECONDS, "opening the store")
+            self.experiment_id = self._receive(CONNECT_TIMEOUT_SECONDS, "opening the store")[1]
             self.opened = True
 
     # -- the run -----------------------------------------------------------------------------
@@ -493,6 +499,12 @@ class Tracker(_RunFolder):
         """`settle`, for a run whose closing line is already out: the warning names it."""
         warning = self.settle()
         return f"MLflow run {self.finished_run_id}: {warning}" if warning else None
+
+    def hint(self) -> str | None:
+        """Where to see the run this writer ended, for its store."""
+        if self.finished_run_id is None:
+            return None
+        return run_hint(self.uri, self.experiment_id, self.finished_run_id)
 
     def release(self) -> None:
         """No run was started (a skipped job): keep the writer for this process's next run."""
