@@ -1,7 +1,9 @@
 """A real `mlflow server`: its command line (for `looplab server`) and a local one in a
-subprocess for the tests and `make bench`.
+subprocess for the tests and `make bench`; what `looplab server` and `looplab ui` share
+(its environment, the port check, the wait until it answers, a link a browser opens).
 
-One place, so `looplab server`, the tests and the benchmark start the server the same way.
+One place, so `looplab server`, `looplab ui`, the tests and the benchmark start the server
+the same way.
 It never imports MLflow: the server runs as `python -m mlflow server` in its own session, so
 that the whole process group (uvicorn's workers included) can be stopped at once.
 """
@@ -18,6 +20,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from looplab.core.errors import TrackingError
+
+START_TIMEOUT_SECONDS = 120.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,14 +53,66 @@ def server_args(
     return args
 
 
-def server_env(jobs: bool = False) -> dict[str, str]:
+def server_env(jobs: bool = False, warnings: bool = True) -> dict[str, str]:
     """The server's environment: MLflow's job runner (GenAI jobs, extra processes) off
-    unless asked for, no telemetry."""
-    return {
+    unless asked for, no telemetry, and Python's warnings off unless `warnings`."""
+    env = {
         **os.environ,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if jobs else "false",
     }
+    if not warnings:
+        env["PYTHONWARNINGS"] = "ignore"  # MLflow's deprecation warnings are not the user's
+    return env
+
+
+def link_host(host: str) -> str:
+    """A host a browser can open: the loopback for a wildcard, brackets for IPv6."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port in use now, rather than after the server's start-up, in its log."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise TrackingError(
+                f"cannot listen on {host}:{port} ({error.strerror}): pass another --port"
+            ) from None
+
+
+def wait_until_healthy(
+    url: str,
+    server: subprocess.Popen,
+    log: str | Path | None = None,
+    timeout: float = START_TIMEOUT_SECONDS,
+) -> None:
+    """Until /health answers; else a TrackingError that says why not, from the server's log
+    (or its output, on the console, when it has no log)."""
+    deadline = time.monotonic() + timeout
+    see = f"see {log}" if log else "its output above says why"
+    while server.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2):
+            return
+        if time.monotonic() > deadline:
+            raise TrackingError(
+                f"the MLflow server did not answer on {url} in {timeout:.0f} s; {see}"
+            )
+        time.sleep(0.25)
+    last = f": {_last_line(Path(log))}" if log else " before it answered"
+    raise TrackingError(f"the MLflow server exited with code {server.returncode}{last} ({see})")
+
+
+def _last_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "no output")
 
 
 @contextlib.contextmanager
@@ -76,7 +134,7 @@ def mlflow_server(
     session, so a caller may kill it and its workers with `os.killpg(process.pid, ...)`;
     whatever is left of the group is killed (SIGKILL) on the way out. Without
     `artifacts_destination`, MLflow puts proxied artifacts in `cwd`/mlartifacts. `log`
-    collects the server's output (else it is discarded). Raises RuntimeError when the
+    collects the server's output (else it is discarded). Raises TrackingError when the
     server exits or does not answer within `timeout` seconds.
     """
     port = port or free_port(host)
@@ -97,28 +155,9 @@ def mlflow_server(
             start_new_session=True,  # its workers share a process group killed at once
         )
         try:
-            _wait_until_healthy(url, server, timeout, log)
+            wait_until_healthy(url, server, log, timeout)
             yield url, server
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
-
-
-def _wait_until_healthy(
-    url: str, server: subprocess.Popen, timeout: float, log: str | Path | None
-) -> None:
-    where = f"; see {log}" if log else ""
-    deadline = time.monotonic() + timeout
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {server.returncode}{where}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/health", timeout=2) as response,
-        ):
-            if response.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server did not answer on {url} in {timeout:.0f} s{where}")
-        time.sleep(0.3)

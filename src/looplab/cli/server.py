@@ -69,8 +69,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    from looplab.cli.ui import _check_port, _link_host, serve
-    from looplab.server import server_args, server_env
+    from looplab.cli.ui import serve
+    from looplab.server import check_port, link_host, server_args, server_env
 
     uri = args.backend_store_uri
     if args.host not in LOOPBACK and not args.app_name:
@@ -90,7 +90,7 @@ def server_command(args: argparse.Namespace) -> int:
     destination = args.artifacts_destination
     if "://" not in destination:
         Path(destination).mkdir(parents=True, exist_ok=True)
-    _check_port(args.host, args.port)
+    check_port(args.host, args.port)
     command = server_args(
         uri,
         host=args.host,
@@ -101,7 +101,7 @@ def server_command(args: argparse.Namespace) -> int:
     )
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
-    url = f"http://{_link_host(args.host)}:{args.port}"
+    url = f"http://{link_host(args.host)}:{args.port}"
 
     def start() -> subprocess.Popen:
         return subprocess.Popen(

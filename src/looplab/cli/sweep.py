@@ -147,8 +147,8 @@ class SweepCallback(Callback):
             "looplab.jobs_skipped": str(len(skipped)),
         }
         if best is not None:
-            tags["looplab.best_run_id"] = best.run_id or run_ids.get(str(best.num), "")
-            tags["looplab.best_job"] = str(best.num)
+            tags[tag.BEST_RUN_ID] = best.run_id or run_ids.get(str(best.num), "")
+            tags[tag.BEST_JOB] = str(best.num)
             tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
         warning = parent.finish("FINISHED" if not failed else "FAILED", tags, files)
         parent.stop()

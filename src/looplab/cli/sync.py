@@ -34,9 +34,11 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def sync_command(args: argparse.Namespace) -> int:
+    from looplab.tracking.store import command_http_settings
     from looplab.tracking.sync import sync_folders
 
-    results = sync_folders(args.folders, args.tracking_uri, args.experiment)
+    with command_http_settings():  # one retry a store call, then a one-line error
+        results = sync_folders(args.folders, args.tracking_uri, args.experiment)
     failed = 0
     for done, line in results:
         if done is None:

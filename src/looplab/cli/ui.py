@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,6 @@ from typing import Any
 
 from looplab.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
 
-START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -67,16 +65,8 @@ def server_command(uri: str, host: str, port: int, artifact_root: str | None) ->
     return command
 
 
-def server_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job runner (huey) processes
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONWARNINGS": "ignore",  # MLflow's deprecation warnings are not the user's
-    }
-
-
 def ui_command(args: argparse.Namespace) -> int:
+    from looplab.server import check_port, link_host, server_env
     from looplab.tracking.reader import sqlite_path
 
     uri, host, port = args.tracking_uri, args.host, args.port
@@ -88,18 +78,18 @@ def ui_command(args: argparse.Namespace) -> int:
             f"no MLflow store at {database}: train something first (looplab-train), "
             "or pass --tracking-uri"
         )
-    _check_port(host, port)
+    check_port(host, port)
     folder = database.resolve().parent if database else Path(tempfile.gettempdir())
     artifact_root = (folder / "artifacts").as_uri() if database else None
     command = server_command(uri, host, port, artifact_root)
-    base_url = f"http://{_link_host(host)}:{port}"
+    base_url = f"http://{link_host(host)}:{port}"
     log_path = folder / f"mlflow-ui-{port}.log"
     with log_path.open("w", encoding="utf-8") as log:
 
         def start() -> subprocess.Popen:
             return subprocess.Popen(
                 command,
-                env=server_env(),
+                env=server_env(warnings=False),  # no job runner, no warnings
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -127,12 +117,14 @@ def serve(
     ignored. While the server stops (seconds at most), a second Ctrl-C is ignored, so it never
     leaves the server behind.
     """
+    from looplab.server import wait_until_healthy
+
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     server = None
     try:
         server = start()
-        _wait_until_healthy(base_url, server, log_path)
+        wait_until_healthy(base_url, server, log_path)
         ready()
         code = server.wait()
         see = f"; see {log_path}" if log_path else ""
@@ -150,45 +142,6 @@ def serve(
         signal.signal(signal.SIGTERM, previous_term)
 
 
-def _link_host(host: str) -> str:
-    """A host a browser can open: the loopback for a wildcard, brackets for IPv6."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-def _check_port(host: str, port: int) -> None:
-    """Refuse a port in use now, rather than after the server's start-up, in its log."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise TrackingError(
-                f"cannot listen on {host}:{port} ({error.strerror}): pass another --port"
-            ) from None
-
-
-def _wait_until_healthy(
-    base_url: str, server: subprocess.Popen, log_path: Path | None = None
-) -> None:
-    """Until /health answers; else why not, from the server's log (or its output, on the
-    console, when it has no log)."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    see = f"see {log_path}" if log_path else "its output above says why"
-    while server.poll() is None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base_url}/health", timeout=2):
-            return
-        if time.monotonic() > deadline:
-            raise TrackingError(f"the MLflow server did not answer on {base_url} in time; {see}")
-        time.sleep(0.25)
-    last = f": {_last_line(log_path)}" if log_path else " before it answered"
-    raise TrackingError(f"the MLflow server exited with code {server.returncode}{last} ({see})")
-
-
 def _experiment_id(base_url: str, experiment: str, uri: str) -> str:
     """Ask the running server, so the link names what it serves; no MLflow import here."""
     query = urllib.parse.urlencode({"experiment_name": experiment})
@@ -200,11 +153,6 @@ def _experiment_id(base_url: str, experiment: str, uri: str) -> str:
         if error.code == 404:
             raise TrackingError(f"no experiment {experiment!r} in {uri}") from None
         raise TrackingError(f"the MLflow server answered {error.code} for {url}") from None
-
-
-def _last_line(log_path: Path) -> str:
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()]
-    return next((line for line in reversed(lines) if line), "no output")
 
 
 def _stop(server: subprocess.Popen) -> None:

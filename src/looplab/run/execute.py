@@ -30,6 +30,7 @@ from looplab.core.errors import (
 from looplab.core.loop import EpochResult
 from looplab.core.paths import shown
 from looplab.core.schema import validate
+from looplab.run import tags as tag
 from looplab.run.config_file import rerunnable
 from looplab.run.naming import identity, params, run_name
 from looplab.run.prepare import prepare
@@ -163,8 +164,8 @@ def _execute(
             "looplab.run_dir": str(output_dir.resolve()),
             "looplab.task_reason": info.task_reason,
             "mlflow.source.name": "looplab-train",
-            "looplab.config_digest": identity(cfg),
-            "looplab.data.digest": data_record.digest,
+            tag.CONFIG_DIGEST: identity(cfg),
+            tag.DATA_DIGEST: data_record.digest,
             **({"looplab.data.sha256": data_record.file_sha256} if data_record.file_sha256 else {}),
             **environment_tags(),
             **extra_tags,

@@ -9,3 +9,7 @@ PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 OVERRIDES = "looplab.overrides"  # the overrides as typed, JSON
 CHOICES = "looplab.choices"  # the group choices, JSON
+CONFIG_DIGEST = "looplab.config_digest"  # a run's identity for tracking.skip_finished
+DATA_DIGEST = "looplab.data.digest"
+BEST_JOB = "looplab.best_job"  # on a sweep's parent: its best job's number and run
+BEST_RUN_ID = "looplab.best_run_id"

@@ -19,19 +19,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.core.errors import TrackingError
-from looplab.tracking.store import HEARTBEAT_TAG, PARENT_TAG, REAPED_TAG, check_server
+from looplab.tracking.store import (
+    HEARTBEAT_TAG,
+    JOB_TAG,
+    PARENT_TAG,
+    REAPED_TAG,
+    ROLE_TAG,
+    SWEEP_ID_TAG,
+    SWEPT_KEYS_TAG,
+    check_server,
+    command_http_settings,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
     from mlflow.entities import Run
 
-ROLE, SWEEP_ID, SWEPT_KEYS, JOB = (
-    "looplab.role",
-    "looplab.sweep_id",
-    "looplab.swept_keys",
-    "looplab.job",
-)
+ROLE, SWEEP_ID, SWEPT_KEYS, JOB = ROLE_TAG, SWEEP_ID_TAG, SWEPT_KEYS_TAG, JOB_TAG
 PARENT, HEARTBEAT, REAPED = PARENT_TAG, HEARTBEAT_TAG, REAPED_TAG
 # A RUNNING run whose heartbeat is older than this (seconds) is shown as LOST.
 LOST_AFTER_SECONDS = 300.0
@@ -70,9 +75,9 @@ def client(uri: str) -> Any:
 def experiment_id(uri: str, experiment: str) -> str:
     """The id of `experiment` in the store at `uri`; TrackingError naming the ones there."""
     mlflow_client = client(uri)
-    found = _call(mlflow_client.get_experiment_by_name, experiment)
+    found = call(mlflow_client.get_experiment_by_name, experiment)
     if found is None:
-        names = [e.name for e in _call(mlflow_client.search_experiments)]
+        names = [e.name for e in call(mlflow_client.search_experiments)]
         raise TrackingError(
             f"no experiment {experiment!r} in {uri} (it has: {', '.join(sorted(names)) or 'none'})"
         )
@@ -94,14 +99,14 @@ def find_runs(
     mlflow_client = client(uri)
     exp_id = experiment_id(uri, experiment)
     if run_ids:
-        runs = [_get_run(mlflow_client, run_id, exp_id, experiment) for run_id in run_ids]
+        runs = [get_run(uri, experiment, run_id) for run_id in run_ids]
     elif parent_run_id:
-        _get_run(mlflow_client, parent_run_id, exp_id, experiment)
+        get_run(uri, experiment, parent_run_id)
         runs = _search(mlflow_client, exp_id, f"tags.`{PARENT}` = '{parent_run_id}'")
     else:
         runs = _search(mlflow_client, exp_id, "")
         runs = [run for run in runs if run.data.tags.get(ROLE) != "sweep"]
-    return _remember(runs, uri)
+    return remember(runs, uri)
 
 
 def sweep_children(
@@ -124,7 +129,7 @@ def sweep_children(
 def last_sweep(uri: str, experiment: str) -> str | None:
     """The run id of the newest sweep parent (`looplab.role=sweep`) in `experiment`, or None."""
     mlflow_client = client(uri)
-    found = _call(
+    found = call(
         mlflow_client.search_runs,
         [experiment_id(uri, experiment)],
         filter_string=f"tags.`{ROLE}` = 'sweep'",
@@ -134,16 +139,24 @@ def last_sweep(uri: str, experiment: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def _get_run(mlflow_client: Any, run_id: str, exp_id: str, experiment: str) -> Run:
+def get_run(uri: str, experiment: str, run_id: str) -> Run:
+    """The run `run_id` of `experiment`; a TrackingError that says where it is otherwise."""
     from mlflow.exceptions import MlflowException
 
+    mlflow_client = client(uri)
+    exp_id = experiment_id(uri, experiment)
     try:
-        run = mlflow_client.get_run(run_id)
+        with command_http_settings():
+            run = mlflow_client.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"no run {run_id} in experiment {experiment!r}") from None
+        raise TrackingError(f"no run {run_id} in experiment {experiment!r} of {uri}") from None
     if run.info.experiment_id != exp_id:
-        raise TrackingError(f"run {run_id} is not in experiment {experiment!r}")
-    return run
+        other = call(mlflow_client.get_experiment, run.info.experiment_id)
+        raise TrackingError(
+            f"run {run_id} is not in experiment {experiment!r}: it is in {other.name!r} "
+            f"(pass --experiment {other.name!r})"
+        )
+    return remember([run], uri)[0]
 
 
 def _search(mlflow_client: Any, exp_id: str, filter_string: str) -> list[Run]:
@@ -151,7 +164,7 @@ def _search(mlflow_client: Any, exp_id: str, filter_string: str) -> list[Run]:
     runs: list[Run] = []
     token = None
     while True:
-        page = _call(
+        page = call(
             mlflow_client.search_runs,
             [exp_id],
             filter_string=filter_string,
@@ -164,12 +177,14 @@ def _search(mlflow_client: Any, exp_id: str, filter_string: str) -> list[Run]:
             return runs
 
 
-def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call MLflow; its errors (a broken or foreign database, ...) become one line."""
+def call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call MLflow (with a command's HTTP settings); its errors (a broken or foreign
+    database, ...) become one line."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return function(*args, **kwargs)
+        with command_http_settings():
+            return function(*args, **kwargs)
     except MlflowException as error:
         raise TrackingError(f"MLflow: {str(error).splitlines()[0]}") from None
 
@@ -209,7 +224,7 @@ def history(run: Run, metric: str, uri: str | None = None) -> list[tuple[int, fl
 
     MLflow's SQL stores keep an infinite value as the largest float; it is infinite again here.
     """
-    points = _call(_client_of(run, uri).get_metric_history, run.info.run_id, metric)
+    points = call(_client_of(run, uri).get_metric_history, run.info.run_id, metric)
     latest: dict[int, tuple[int, float]] = {}
     for point in points:
         if point.step not in latest or point.timestamp >= latest[point.step][0]:
@@ -247,7 +262,8 @@ def _cached_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _remember(runs: list[Run], uri: str) -> list[Run]:
+def remember(runs: list[Run], uri: str) -> list[Run]:
+    """Note the store `runs` came from, for `history` and the other readers of a run."""
     for run in runs:
         _FOUND_IN[run.info.run_id] = uri
     return runs
@@ -294,8 +310,8 @@ def reap_lost(uri: str, experiment: str, lost_after_s: float) -> list[Run]:
             f"no heartbeat since {when} (over {lost_after_s:g} s): its trainer and writer "
             "were gone; marked KILLED by `looplab runs --reap`"
         )
-        _call(mlflow_client.set_tag, run.info.run_id, REAPED, why)
-        _call(mlflow_client.set_terminated, run.info.run_id, "KILLED", end_time=last)
+        call(mlflow_client.set_tag, run.info.run_id, REAPED, why)
+        call(mlflow_client.set_terminated, run.info.run_id, "KILLED", end_time=last)
         reaped.append(run)
     return reaped
 

@@ -10,6 +10,8 @@ repeated here: `metrics.csv` beside it holds every one of them, exactly (`repr` 
   and `synced: null` with `pending: true` when the store stayed away past `tracking.wait_s`;
 - a record id (`looplab.record_id`, also a tag on the MLflow run) lets a sync find the run
   it already made, so syncing twice adds nothing.
+
+`RunFolder` is what both trackers (online and offline) do with it.
 """
 
 from __future__ import annotations
@@ -78,6 +80,58 @@ class RunRecord:
                 shown = str(absolute)
             if (shown, artifact_path) not in self.artifacts:
                 self.artifacts.append((shown, artifact_path))
+
+
+class RunFolder:
+    """What both trackers share: the run's `record.json` in its folder, kept as the run goes."""
+
+    uri: str
+    experiment: str
+    record: RunRecord
+    record_dir: Path | None = None
+
+    def _open_record(
+        self,
+        folder: Path | None,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        start_time_ms: int,
+        offline: bool,
+    ) -> None:
+        self.record_dir = folder
+        self.record = RunRecord.new(
+            uri=self.uri,
+            experiment=self.experiment,
+            name=run_name,
+            params=dict(params),
+            tags=dict(tags),
+            start_time_ms=start_time_ms,
+            offline=offline,
+        )
+        if folder is not None:
+            self.record.write(folder)
+
+    def _close_record(
+        self,
+        status: str,
+        tags: dict[str, str],
+        files: list[tuple[Path, str | None]],
+        end_time_ms: int,
+        synced: dict[str, str] | None,
+    ) -> None:
+        record, folder = getattr(self, "record", None), self.record_dir
+        if record is None or folder is None:
+            return
+        record.status, record.end_time_ms = status, end_time_ms
+        record.end_tags = {k: str(v) for k, v in tags.items()}
+        record.relative_files(folder, files)
+        record.synced, record.pending = synced, not record.offline and synced is None
+        record.write(folder)
+
+    def _start_files(self, artifacts: list[tuple[Path, str | None]]) -> None:
+        if self.record_dir is not None:
+            self.record.relative_files(self.record_dir, list(artifacts))
 
 
 def read_epochs(folder: Path) -> list[tuple[int, int, dict[str, float]]]:

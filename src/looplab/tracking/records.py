@@ -21,23 +21,8 @@ if TYPE_CHECKING:
 CONFIG_ARTIFACT = "config.yaml"
 
 
-def get_run(uri: str, experiment: str, run_id: str) -> Run:
-    """The run `run_id` of `experiment`; a TrackingError that says where it is otherwise."""
-    from mlflow.exceptions import MlflowException
-
-    mlflow_client = reader.client(uri)
-    exp_id = reader.experiment_id(uri, experiment)
-    try:
-        run = mlflow_client.get_run(run_id)
-    except MlflowException:
-        raise TrackingError(f"no run {run_id} in {uri}") from None
-    if run.info.experiment_id != exp_id:
-        other = reader._call(mlflow_client.get_experiment, run.info.experiment_id)
-        raise TrackingError(
-            f"run {run_id} is not in experiment {experiment!r}: it is in {other.name!r} "
-            f"(pass --experiment {other.name!r})"
-        )
-    return reader._remember([run], uri)[0]
+# `looplab reproduce` and `looplab diff` find their runs here (reader.get_run).
+get_run = reader.get_run
 
 
 def config_text(uri: str, run: Run) -> str:
@@ -48,7 +33,8 @@ def config_text(uri: str, run: Run) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="looplab-config-") as folder:
         try:
-            local = reader.client(uri).download_artifacts(run_id, CONFIG_ARTIFACT, folder)
+            with store.command_http_settings():
+                local = reader.client(uri).download_artifacts(run_id, CONFIG_ARTIFACT, folder)
         except (MlflowException, OSError):
             raise TrackingError(
                 f"run {run_id} has no {CONFIG_ARTIFACT} artifact: it was not made by "
@@ -68,5 +54,5 @@ def histories(uri: str, run: Run) -> dict[str, list[tuple[int, float]]]:
 def find_tagged(uri: str, experiment: str, key: str, value: str) -> Run | None:
     """The newest run of `experiment` whose tag `key` is `value`, or None."""
     client, experiment_id = reader.client(uri), reader.experiment_id(uri, experiment)
-    found = reader._call(store.find_tagged, client, experiment_id, key, value, newest_first=True)
-    return reader._remember([found], uri)[0] if found else None
+    found = reader.call(store.find_tagged, client, experiment_id, key, value, newest_first=True)
+    return reader.remember([found], uri)[0] if found else None

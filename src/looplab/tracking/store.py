@@ -6,9 +6,14 @@ new SQLite store is always created the same way, under the same lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# The sweep contract (a parent tagged role=sweep, its sweep id and swept keys; each job
+# role=job, the sweep id and its number) and a run's identity: named once, in run/tags.py.
 
 HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
 DEFAULT_EXPERIMENT = "looplab"
@@ -17,9 +22,33 @@ DEFAULT_EXPERIMENT = "looplab"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
-PARENT_TAG = "mlflow.parentRunId"
 HEARTBEAT_TAG = "looplab.heartbeat"  # ms since the epoch, at most every 30 s while a run runs
 REAPED_TAG = "looplab.reaped"
+# MLflow's HTTP settings, read at each call. The writer's: one try a call, never MLflow's
+# minutes of retries (the writer retries itself, in the background, with backoff); they win
+# over whatever the writer's parent has. A command's: one retry, then a one-line error.
+WRITER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+COMMAND_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def first_line(error: BaseException) -> str:
+    """An error in one line, for a message: its first line, or its type's name."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+@contextlib.contextmanager
+def command_http_settings() -> Iterator[None]:
+    """`COMMAND_HTTP_ENV` for the MLflow calls inside the block, where the user set nothing
+    else; os.environ is as it was afterwards, so no process started later inherits them."""
+    added = {key: value for key, value in COMMAND_HTTP_ENV.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key, value in added.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
 
 
 def find_tagged(
@@ -101,11 +130,10 @@ def open_store(uri: str, experiment: str) -> tuple[Any, str]:
 
 
 def check_server(uri: str) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers."""
+    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers. It
+    changes no setting of the process (see `command_http_settings`)."""
     import requests
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=HTTP_HEALTH_TIMEOUT_SECONDS)
     except requests.RequestException:

@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from looplab.core.errors import TrackingError
+from looplab.run.tags import BEST_JOB, BEST_RUN_ID
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
 from looplab.tracking.store import (
+    JOB_TAG,
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_LENGTH,
     PARENT_TAG,
     REAPED_TAG,
+    ROLE_TAG,
+    SWEEP_ID_TAG,
     find_tagged,
+    first_line,
     open_store,
     param_batches,
 )
@@ -89,7 +94,7 @@ def sync_folders(
                     out.append((done, done.line(target)))
                 except TrackingError as error:
                     out.append((None, str(error)))
-            if record.tags.get("looplab.role") == "sweep" and record.synced:
+            if record.tags.get(ROLE_TAG) == "sweep" and record.synced:
                 _complete_sweep(client, record.synced["run_id"], target, exp, folder)
         except TrackingError as error:
             out.append((None, str(error)))
@@ -105,10 +110,10 @@ def _complete_sweep(client: Any, parent_id: str, uri: str, experiment: str, fold
     if not runs:
         return
     parent = client.get_run(parent_id)
-    best_job = parent.data.tags.get("looplab.best_job")
-    best = [r for r in runs if r.data.tags.get("looplab.job") == best_job]
-    if best and parent.data.tags.get("looplab.best_run_id") != best[0].info.run_id:
-        client.set_tag(parent_id, "looplab.best_run_id", best[0].info.run_id)
+    best_job = parent.data.tags.get(BEST_JOB)
+    best = [r for r in runs if r.data.tags.get(JOB_TAG) == best_job]
+    if best and parent.data.tags.get(BEST_RUN_ID) != best[0].info.run_id:
+        client.set_tag(parent_id, BEST_RUN_ID, best[0].info.run_id)
     have = {Path(f.path).name for f in client.list_artifacts(parent_id)}
     if "runs.csv" not in have:
         reader.write_table_csv(reader.runs_table(runs), folder / "runs.csv")
@@ -125,28 +130,27 @@ def _open(uri: str, experiment: str) -> tuple[Any, str]:
     try:
         return open_store(uri, experiment)
     except Exception as error:
-        text = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise TrackingError(f"cannot use MLflow store {uri}: {text}") from None
+        raise TrackingError(f"cannot use MLflow store {uri}: {first_line(error)}") from None
 
 
 def _with_family(folder: Path, record: RunRecord) -> list[tuple[Path, RunRecord, Path | None]]:
     """The folders to sync for `folder`, parents first: (folder, record, its parent's folder)."""
-    role, sweep = record.tags.get("looplab.role"), record.tags.get("looplab.sweep_id")
+    role, sweep = record.tags.get(ROLE_TAG), record.tags.get(SWEEP_ID_TAG)
     if role == "sweep":
         jobs = []
         for path in sorted(folder.rglob(RECORD_FILE)):
             if path.parent == folder:
                 continue
             job = RunRecord.load(path.parent)
-            if job.tags.get("looplab.sweep_id") == sweep:
+            if job.tags.get(SWEEP_ID_TAG) == sweep:
                 jobs.append((path.parent, job, folder))
-        jobs.sort(key=lambda item: int(item[1].tags.get("looplab.job", "0")))
+        jobs.sort(key=lambda item: int(item[1].tags.get(JOB_TAG, "0")))
         return [(folder, record, None), *jobs]
     if role == "job":
         for above in folder.parents:
             if (above / RECORD_FILE).is_file():
                 parent = RunRecord.load(above)
-                if parent.tags.get("looplab.sweep_id") == sweep:
+                if parent.tags.get(SWEEP_ID_TAG) == sweep:
                     return [(above, parent, None), (folder, record, above)]
     return [(folder, record, None)]
 
