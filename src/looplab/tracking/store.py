@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# The sweep contract (a parent tagged role=sweep, its sweep id and swept keys; each job
-# role=job, the sweep id and its number) and a run's identity: named once, in run/tags.py.
+from looplab.run import tags
 
 HTTP_HEALTH_TIMEOUT_SECONDS = 5.0
 DEFAULT_EXPERIMENT = "looplab"
@@ -24,6 +23,11 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 HEARTBEAT_TAG = "looplab.heartbeat"  # ms since the epoch, at most every 30 s while a run runs
 REAPED_TAG = "looplab.reaped"
+# The sweep contract (a parent tagged role=sweep, its sweep id and swept keys; each job
+# role=job, the sweep id and its number) and a run's identity: named once, in run/tags.py.
+PARENT_TAG, ROLE_TAG, SWEEP_ID_TAG = tags.PARENT, tags.ROLE, tags.SWEEP_ID
+SWEPT_KEYS_TAG, JOB_TAG = tags.SWEPT_KEYS, tags.JOB
+CONFIG_DIGEST_TAG, DATA_DIGEST_TAG = tags.CONFIG_DIGEST, tags.DATA_DIGEST
 # MLflow's HTTP settings, read at each call. The writer's: one try a call, never MLflow's
 # minutes of retries (the writer retries itself, in the background, with backoff); they win
 # over whatever the writer's parent has. A command's: one retry, then a one-line error.
