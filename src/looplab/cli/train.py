@@ -161,8 +161,8 @@ def train_job(cfg: DictConfig) -> float:
         # Start MLflow's writer process before torch is imported, so the two overlap.
         tracker = start_tracker(plain)
         runs_before = tracker.runs_started if tracker else 0
-        from looplab.reporting import ConsoleReport
-        from looplab.run import execute, print_warning
+        from looplab.run.execute import execute, print_warning
+        from looplab.run.reporting import ConsoleReport
 
         preset = hydra_config.runtime.choices.get("experiment")
         name = run_name(plain, baseline(preset), preset)
