@@ -16,6 +16,8 @@ app swallowed, its finished jobs called lost, a composition error recorded inste
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -189,3 +191,65 @@ def test_looplab_goes_on_past_a_job_that_raised_and_fails_at_the_end(run_cli, tm
     assert done.stderr.strip().splitlines()[-1] == (
         "looplab-train: error: 1 job(s) of the sweep failed: #0 path=missing.csv"
     )
+
+
+NEEDS_OPTUNA = pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None,
+    reason="Optuna is an optional extra: pip install -e '.[search]' (.ci/run installs it)",
+)
+
+
+@pytest.mark.slow
+@NEEDS_OPTUNA
+@pytest.mark.parametrize(("direction", "best"), [("minimize", 1.0), ("maximize", 2.0)])
+def test_a_job_with_no_finite_value_is_a_failed_trial_under_either_direction(
+    tmp_path, direction: str, best: float
+) -> None:
+    """looplab's Optuna sweeper on an app whose jobs return 1, 2 or +inf (what looplab's
+    task function returns for a job that did not finish). Faults: +inf told to the study as
+    a value: under maximize the study's best trial is the failed job, under minimize a
+    failed job stands as a COMPLETE trial; the best-trial line taking the wrong direction."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    done = run_app(
+        tmp_path,
+        "objective.py",
+        "hydra/sweeper=looplab_optuna",
+        f"hydra.sweeper.direction={direction}",
+        "hydra.sweeper.n_trials=4",  # with seed 42: 2.0, 1.0, 2.0, inf
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=s",
+        "+value=choice(1.0,2.0,inf)",
+    )
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = {(t.params["+value"], t.state.name, t.value) for t in study.trials}
+    assert states == {(1.0, "COMPLETE", 1.0), (2.0, "COMPLETE", 2.0), (math.inf, "FAIL", None)}
+    assert study.best_value == best
+    assert done.stdout.strip().splitlines()[-1].endswith(f"+value={best}: {best:.6g}")
+
+
+@pytest.mark.slow
+@NEEDS_OPTUNA
+def test_a_job_that_raised_is_a_failed_trial_and_stops_another_apps_search(tmp_path) -> None:
+    """As Hydra's Optuna sweeper does: the trial is told FAIL, then the job's exception fails
+    the search. Faults: the exception swallowed (the search runs on and exits 0), or raised
+    before the study hears of the trial (left RUNNING)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    done = run_app(
+        tmp_path,
+        "can_fail.py",
+        "hydra/sweeper=looplab_optuna",
+        "hydra.sweeper.n_trials=6",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=s",
+        "+divisor=choice(0,1)",
+    )
+    assert done.returncode == 1
+    assert "ZeroDivisionError: division by zero" in done.stderr
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert len(trials) < 6 and trials[-1].params["+divisor"] == 0
+    assert [t.state.name for t in trials] == ["COMPLETE"] * (len(trials) - 1) + ["FAIL"]

@@ -141,7 +141,7 @@ def launcher_cpus(hydra_config: DictConfig) -> float | None:
 @records_its_jobs  # looplab's sweepers: every job leaves a record; a failed one never raises
 def train_job(cfg: DictConfig) -> float:
     """Run one job; return its final validation loss, the value sweepers minimise (+inf for
-    a job that did not finish, so that a search ranks it last).
+    a job that did not finish, which looplab's Optuna sweeper counts a failed trial).
 
     In a sweep a failing job is reported in one line and the sweep goes on; its end is
     recorded in the sweep folder for the sweep's summary and exit code.
