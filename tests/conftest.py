@@ -1,7 +1,8 @@
 """Shared fixtures: configs composed as Hydra composes them, the real CLI, a real store.
 
 Also plain helpers the test files import: `free_port`, `mlflow_server` (a real `mlflow
-server` on 127.0.0.1) and `only_run` (the one run of an experiment).
+server` on 127.0.0.1), `only_run` (the one run of an experiment) and
+`sweep_past_a_missing_csv` (a sweep one of whose jobs raises).
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+def sweep_past_a_missing_csv(
+    run_cli: Callable[..., subprocess.CompletedProcess[str]], root: Path, *overrides: str
+) -> subprocess.CompletedProcess[str]:
+    """`looplab-train -m` over a CSV in `root` (ok.csv, written here) and one that is not
+    there (missing.csv), with HYDRA_FULL_ERROR=1, which lets the missing file's DataError out
+    of the job: what the launcher and the sweeper hand back is all the sweep learns of it.
+    `overrides` name the paths (`dataset.path=ok.csv,missing.csv`) and anything else."""
+    (root / "ok.csv").write_text("a,b\n" + "".join(f"{i},{i % 2}\n" for i in range(12)))
+    return run_cli(
+        "-m",
+        "dataset=csv",
+        "dataset.target=b",
+        "train.epochs=2",
+        "train.print_every=0",
+        *overrides,
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
 
 
 def store_uri(root: Path) -> str:

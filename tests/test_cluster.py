@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, store_uri
+from conftest import CLI, store_uri, sweep_past_a_missing_csv
 from test_sweep import sweep_runs
 
 pytestmark = pytest.mark.slow
@@ -136,16 +136,8 @@ def test_a_job_that_raises_elsewhere_is_counted_from_what_the_launcher_hands_bac
     """Fault: the sweep trusts only the records jobs leave, so a job that raised (here with
     HYDRA_FULL_ERROR=1, which lets a job's error out) and left none vanishes from the summary
     and the sweep exits 0."""
-    (tmp_path / "ok.csv").write_text("a,b\n" + "".join(f"{i},{i % 2}\n" for i in range(12)))
-    done = run_cli(
-        "-m",
-        "hydra/launcher=submitit_local",
-        "dataset=csv",
-        "dataset.target=b",
-        "dataset.path=ok.csv,missing.csv",
-        "train.epochs=2",
-        "train.print_every=0",
-        env={"HYDRA_FULL_ERROR": "1"},
+    done = sweep_past_a_missing_csv(
+        run_cli, tmp_path, "hydra/launcher=submitit_local", "dataset.path=ok.csv,missing.csv"
     )
     assert done.returncode == 1, done.stdout + done.stderr
     (reason,) = [line for line in done.stdout.splitlines() if line.startswith("failed: #1 ")]

@@ -1,5 +1,6 @@
 """The grid sweeper: enumerate the jobs as `looplab.launch.sweep` does, save the sweep's config, and
-hand the jobs to the launcher in batches."""
+hand the jobs to the launcher in batches; return one list of `JobReturn`s a batch, as Hydra's
+basic sweeper does."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
 from looplab.launch.sweep import enumerate_jobs, refuse_intervals, sweep_overrides
@@ -26,7 +28,7 @@ class LooplabGridSweeper(LaunchingSweeper):
         super().__init__()
         self.max_batch_size = max_batch_size
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         assert self.config is not None
         jobs, swept = enumerate_jobs(sweep_overrides(self.config))
         refuse_intervals(jobs, swept)
@@ -37,5 +39,7 @@ class LooplabGridSweeper(LaunchingSweeper):
         size = self.max_batch_size or len(overrides) or 1
         returns = []
         for start in range(0, len(overrides), size):
-            returns.extend(self.launch(overrides[start : start + size], start))
+            batch = self.launch(overrides[start : start + size], start)
+            self.raise_failed(batch)  # any app but looplab's: a failed job stops the sweep
+            returns.append(batch)
         return returns

@@ -64,9 +64,13 @@ class LooplabLauncher(Launcher):
         self.task_function = task_function
         self.groups = frozenset(hydra_context.config_loader.list_groups(""))
         loader = hydra_context.config_loader
-        self.compositions = Compositions(
-            lambda lines: loader.load_sweep_config(config, lines), self._is_group
-        )
+
+        def compose(lines: list[str]) -> DictConfig:
+            composed = loader.load_sweep_config(config, lines)
+            log.debug(f"composed the config of {' '.join(lines) or 'no group overrides'}")
+            return composed
+
+        self.compositions = Compositions(compose, self._is_group)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

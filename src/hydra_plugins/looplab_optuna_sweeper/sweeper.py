@@ -3,8 +3,11 @@
 The study lives in Optuna's own SQLite storage beside the tracking store, named after the
 search (its space and fixed overrides), so launching the same search again picks up where a
 killed one stopped: trials it left RUNNING are marked FAIL, and only the missing ones run.
-A job that failed returns +inf (looplab's task function never returns NaN), so the study
-ranks it last; a job that raised is told to the study as FAIL.
+A job that failed is told to the study as a FAIL trial, under either direction: one that
+raised, and one that returned no finite number (looplab's task function returns +inf for a
+job that did not finish, which under `direction: maximize` would rank first). As under
+Hydra's basic sweeper, a failed job of any app but looplab's then stops the search
+(`LaunchingSweeper.raise_failed`); looplab's goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from looplab.launch.sweeper import LaunchingSweeper
@@ -41,6 +45,18 @@ def distribution(override: Override) -> Any:
             return dist.IntDistribution(sweep.start, sweep.end, log=log_scale)
         return dist.FloatDistribution(sweep.start, sweep.end, log=log_scale)
     raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+def objective(job: JobReturn) -> float | None:
+    """The job's value for the study: a finite number it returned, else None (it raised, or
+    returned +inf, NaN or something that is no number): a failed trial."""
+    if job.status != JobStatus.COMPLETED:
+        return None
+    try:
+        value = float(job.return_value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 class LooplabOptunaSweeper(LaunchingSweeper):
@@ -111,16 +127,14 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             ]
             returns = self.launch(overrides, trials[0].number)
             for trial, job in zip(trials, returns, strict=True):
-                try:
-                    value = float(job.return_value)
-                except Exception:  # the job raised: Optuna records it as failed
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    continue
-                if math.isnan(value):
+                value = objective(job)
+                if value is None:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 else:
                     study.tell(trial, value)
             done += len(trials)
+            self.raise_failed(returns)  # any app but looplab's: told to the study, then raised
+        # Finite values only: a study begun before failed jobs were FAIL trials holds +inf.
         finished = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
         if finished:
             best = min(

@@ -40,7 +40,7 @@ from looplab.core.errors import (
 )
 from looplab.core.paths import config_dir
 from looplab.core.schema import plain_config, validate
-from looplab.launch.jobs import SweepJob
+from looplab.launch.jobs import SweepJob, records_its_jobs
 from looplab.launch.schema import baseline, register
 from looplab.launch.sweep import SweepFailed, SweepRefused
 from looplab.launch.wording import describe
@@ -138,9 +138,10 @@ def launcher_cpus(hydra_config: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@records_its_jobs  # looplab's sweepers: every job leaves a record; a failed one never raises
 def train_job(cfg: DictConfig) -> float:
     """Run one job; return its final validation loss, the value sweepers minimise (+inf for
-    a job that did not finish, so that a search ranks it last).
+    a job that did not finish, which looplab's Optuna sweeper counts a failed trial).
 
     In a sweep a failing job is reported in one line and the sweep goes on; its end is
     recorded in the sweep folder for the sweep's summary and exit code.

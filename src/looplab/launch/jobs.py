@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from looplab.launch.overrides import is_group
 from looplab.run import tags as tag
@@ -19,6 +20,29 @@ from looplab.run import tags as tag
 JOB_RECORDS = ".jobs"
 # How a job that counts as done ended: trained now, or skipped as FINISHED before.
 DONE = ("FINISHED", "SKIPPED")
+# The attribute that marks a task function as one that records every job it runs.
+_RECORDS_ITS_JOBS = "looplab_records_its_jobs"
+
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def records_its_jobs(task: Task) -> Task:
+    """Mark a task function that leaves a `JobRecord` for every job of a sweep it runs,
+    whether the job finished, failed or was skipped, and never raises for a job that failed
+    (looplab's `train_job`): its sweep goes on past a failed job and fails at the end.
+
+    looplab's sweepers read the mark (`records_jobs`) to tell looplab's app from any other:
+    only for a marked task function is a job without a record lost; any other app's sweep
+    fails as Hydra's own sweepers fail it (`sweeper.LaunchingSweeper`). Put it under
+    `@hydra.main`, on the function Hydra hands to the sweeper.
+    """
+    setattr(task, _RECORDS_ITS_JOBS, True)
+    return task
+
+
+def records_jobs(task: object) -> bool:
+    """Whether `task` is marked by `records_its_jobs`."""
+    return getattr(task, _RECORDS_ITS_JOBS, False) is True
 
 
 @dataclass

@@ -58,7 +58,7 @@ class RunResult:
     @property
     def objective(self) -> float:
         """What a sweeper minimises: the final val_loss, or +inf for a run that did not
-        finish, so that a search ranks it last (never NaN, which breaks Optuna's studies)."""
+        finish, which looplab's Optuna sweeper tells its study as a failed trial (never NaN)."""
         if self.status != "FINISHED" or not self.history:
             return math.inf
         return self.history[-1].metrics["val_loss"]

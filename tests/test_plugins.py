@@ -1,0 +1,268 @@
+"""Hydra's own conformance suites for plugin authors, run on looplab's launcher and grid
+sweeper, and Hydra's failure contract for a sweep of an app that is not looplab's.
+
+Hydra ships the suites in `hydra.test_utils.launcher_common_tests`; its own plugins
+(hydra_joblib_launcher) subclass them, parametrised with the plugin's name, and so does this
+file. Each plugin runs beside Hydra's own counterpart (looplab's launcher under Hydra's basic
+sweeper, looplab's sweeper under Hydra's basic launcher) and beside the other looplab plugin.
+The suites' apps are Hydra's test apps, not looplab's: the plugins must hold for any app.
+
+Faults the suites catch (each seen failing in a broken copy): the grid sweeper returning its
+jobs as one flat list (Hydra's sweepers return one list per batch), its batch size ignored,
+the launcher leaving a job's `hydra.job.num` or `override_dirname` as the shared
+composition's. The failure tests below catch what the suites do not: a failed job of another
+app swallowed, its finished jobs called lost, a composition error recorded instead of raised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import sweep_past_a_missing_csv
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
+from hydra.version import VersionBase
+from packaging.version import Version
+
+
+@pytest.fixture(autouse=True)
+def hydras_own_version_base(hydra_restore_singletons) -> None:
+    """Hydra's suites are written for an app that names no version_base: Hydra then takes
+    1.1's defaults (a job runs in its own folder, which the suites check). Tests run before
+    these in the same session (compose with version_base="1.3") leave 1.3 in Hydra's
+    singletons; each test here starts from 1.1, as Hydra's own test session does, and
+    `hydra_restore_singletons` (which this fixture waits for) puts back what was there."""
+    VersionBase.instance().setbase(Version("1.1"))
+
+
+# (launcher, overrides): each looplab plugin beside Hydra's own counterpart, then together.
+PAIRS = [
+    pytest.param("looplab", [], id="looplab_launcher+basic_sweeper"),
+    pytest.param("basic", ["hydra/sweeper=looplab_grid"], id="basic_launcher+looplab_grid"),
+    pytest.param("looplab", ["hydra/sweeper=looplab_grid"], id="looplab_launcher+looplab_grid"),
+]
+
+
+@pytest.mark.parametrize(("launcher_name", "overrides"), PAIRS)
+class TestLauncherSuite(LauncherTestSuite):
+    """Hydra's launcher suite: jobs' configs, folders and returns, in this process."""
+
+
+@pytest.mark.parametrize(
+    ("launcher_name", "overrides"),
+    [
+        pytest.param(
+            launcher,
+            ["hydra/sweeper=looplab_grid", "hydra.sweeper.max_batch_size=2"],
+            id=f"{launcher}_launcher+looplab_grid",
+        )
+        for launcher in ("basic", "looplab")
+    ],
+)
+class TestBatchedSweeperSuite(BatchedSweeperTestSuite):
+    """Hydra's batched sweeper suite: 6 jobs in 3 batches of 2, one list of returns a batch."""
+
+
+QUIET = ["hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
+
+
+# What the app sees of its job is mostly the launcher's work: looplab's launcher under Hydra's
+# sweeper, then under looplab's (the pair looplab-train runs). One app run a test, ~1 s each.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task_launcher_cfg", "extra_flags"),
+    [
+        pytest.param({}, ["-m", "hydra/launcher=looplab", *QUIET], id="looplab_launcher"),
+        pytest.param(
+            {},
+            ["-m", "hydra/launcher=looplab", "hydra/sweeper=looplab_grid", *QUIET],
+            id="looplab_launcher+looplab_grid",
+        ),
+    ],
+)
+class TestIntegrationSuite(IntegrationTestSuite):
+    """Hydra's integration suite: a generated app run in a subprocess with -m (job names,
+    sweep folders and subfolders, the original cwd, to_absolute_path)."""
+
+
+APPS = Path(__file__).parent / "apps"
+
+
+def run_app(folder: Path, app: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """`python tests/apps/APP -m OVERRIDES` in `folder`, its sweep in `folder/sweep`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, str(APPS / app), "-m", *overrides, f"hydra.sweep.dir={folder / 'sweep'}"],
+        cwd=folder,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Three jobs, two a batch: the first raises ZeroDivisionError, the second still runs (a batch
+# runs whole), the third, in the next batch, never does.
+CAN_FAIL = ["+divisor=0,1,2", "hydra.sweeper.max_batch_size=2"]
+# Two jobs whose config cannot be composed (`nokey` is not in the app's config).
+BAD_KEY = ["+divisor=1", "nokey=1,2"]
+
+
+@pytest.fixture(scope="module")
+def under_hydra(tmp_path_factory) -> Callable[[list[str]], subprocess.CompletedProcess[str]]:
+    """The sweep of `can_fail.py` under Hydra's basic sweeper and launcher: the contract."""
+    runs: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def run(overrides: list[str]) -> subprocess.CompletedProcess[str]:
+        key = " ".join(overrides)
+        if key not in runs:
+            runs[key] = run_app(tmp_path_factory.mktemp("hydra"), "can_fail.py", *overrides)
+        return runs[key]
+
+    return run
+
+
+GRID = [
+    pytest.param(["hydra/sweeper=looplab_grid"], id="basic_launcher+looplab_grid"),
+    pytest.param(
+        ["hydra/sweeper=looplab_grid", "hydra/launcher=looplab"],
+        id="looplab_launcher+looplab_grid",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "plugins",
+    [*GRID, pytest.param(["hydra/launcher=looplab"], id="looplab_launcher+basic_sweeper")],
+)
+def test_a_failed_job_of_any_app_fails_the_sweep_as_under_hydras_basic_sweeper(
+    tmp_path, under_hydra, plugins
+) -> None:
+    """Hydra's `test_partial_failure`, on an app that is not looplab's. Faults: the job's
+    exception swallowed (recorded as a failed job, as for looplab's own app), so the sweep
+    goes on to the next batch and exits 0; the jobs that finished called lost ("ended
+    without leaving a record": no looplab record, for an app that never writes one); looplab's
+    records written into another app's sweep folder; the launcher raising the job's error
+    itself instead of handing back a failed JobReturn (the rest of its batch never runs)."""
+    hydra = under_hydra(CAN_FAIL)
+    assert hydra.returncode == 1, hydra.stderr
+    ours = run_app(tmp_path, "can_fail.py", *CAN_FAIL, *plugins)
+    assert ours.returncode == hydra.returncode, ours.stderr
+    assert ours.stderr == hydra.stderr
+    assert ours.stderr.startswith("Error executing job with overrides: ['+divisor=0']\n")
+    assert "ZeroDivisionError: division by zero" in ours.stderr
+    values = [line for line in ours.stdout.splitlines() if line.startswith("val=")]
+    assert values == ["val=1.0"]  # job 1 ran after job 0 failed; job 2 never did
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0", "1", "multirun.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugins", GRID)
+def test_a_job_that_cannot_be_composed_fails_the_sweep_as_under_hydra(
+    tmp_path, under_hydra, plugins
+) -> None:
+    """Fault: the launcher's error for the batch (here Hydra's composition error for a key
+    the app's config lacks) recorded as the jobs' loss, as for looplab's own app on a
+    cluster, and the sweep exits 0; Hydra's sweep fails with the error, no job run."""
+    hydra = under_hydra(BAD_KEY)
+    assert hydra.returncode == 1, hydra.stderr
+    ours = run_app(tmp_path, "can_fail.py", *BAD_KEY, *plugins)
+    assert (ours.returncode, ours.stderr) == (hydra.returncode, hydra.stderr)
+    assert ours.stderr.startswith("Could not override 'nokey'.")
+    assert "val=" not in ours.stdout
+
+
+@pytest.mark.slow
+def test_looplab_goes_on_past_a_job_that_raised_and_fails_at_the_end(run_cli, tmp_path) -> None:
+    """looplab's own app under the same sweeper keeps its contract: a job that raised (here
+    with HYDRA_FULL_ERROR=1, which lets a job's error out) is recorded FAILED, the jobs after
+    it run, and the sweep exits 1 after its summary. Fault: looplab's task function taken for
+    any app's (its `records_its_jobs` mark lost), so the job's exception stops the sweep as
+    Hydra's would: the next batch never runs, and no summary is printed."""
+    done = sweep_past_a_missing_csv(
+        run_cli,
+        tmp_path,
+        "dataset.path=missing.csv,ok.csv",
+        "hydra.sweeper.max_batch_size=1",
+        "tracking.enabled=false",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    finished = [line for line in done.stdout.splitlines() if ": FINISHED after 2 epochs" in line]
+    assert [line.split()[:2] for line in finished] == [["[job", "1]"]], done.stdout
+    assert "sweep: 1 of 2 jobs finished; failed: #0 path=missing.csv" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        "looplab-train: error: 1 job(s) of the sweep failed: #0 path=missing.csv"
+    )
+
+
+NEEDS_OPTUNA = pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None,
+    reason="Optuna is an optional extra: pip install -e '.[search]' (.ci/run installs it)",
+)
+
+
+@pytest.mark.slow
+@NEEDS_OPTUNA
+@pytest.mark.parametrize(("direction", "best"), [("minimize", 1.0), ("maximize", 2.0)])
+def test_a_job_with_no_finite_value_is_a_failed_trial_under_either_direction(
+    tmp_path, direction: str, best: float
+) -> None:
+    """looplab's Optuna sweeper on an app whose jobs return 1, 2 or +inf (what looplab's
+    task function returns for a job that did not finish). Faults: +inf told to the study as
+    a value: under maximize the study's best trial is the failed job, under minimize a
+    failed job stands as a COMPLETE trial; the best-trial line taking the wrong direction."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    done = run_app(
+        tmp_path,
+        "objective.py",
+        "hydra/sweeper=looplab_optuna",
+        f"hydra.sweeper.direction={direction}",
+        "hydra.sweeper.n_trials=4",  # with seed 42: 2.0, 1.0, 2.0, inf
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=s",
+        "+value=choice(1.0,2.0,inf)",
+    )
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = {(t.params["+value"], t.state.name, t.value) for t in study.trials}
+    assert states == {(1.0, "COMPLETE", 1.0), (2.0, "COMPLETE", 2.0), (math.inf, "FAIL", None)}
+    assert study.best_value == best
+    assert done.stdout.strip().splitlines()[-1].endswith(f"+value={best}: {best:.6g}")
+
+
+@pytest.mark.slow
+@NEEDS_OPTUNA
+def test_a_job_that_raised_is_a_failed_trial_and_stops_another_apps_search(tmp_path) -> None:
+    """As Hydra's Optuna sweeper does: the trial is told FAIL, then the job's exception fails
+    the search. Faults: the exception swallowed (the search runs on and exits 0), or raised
+    before the study hears of the trial (left RUNNING)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    done = run_app(
+        tmp_path,
+        "can_fail.py",
+        "hydra/sweeper=looplab_optuna",
+        "hydra.sweeper.n_trials=6",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=s",
+        "+divisor=choice(0,1)",
+    )
+    assert done.returncode == 1
+    assert "ZeroDivisionError: division by zero" in done.stderr
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert len(trials) < 6 and trials[-1].params["+divisor"] == 0
+    assert [t.state.name for t in trials] == ["COMPLETE"] * (len(trials) - 1) + ["FAIL"]
