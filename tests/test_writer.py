@@ -64,14 +64,19 @@ def test_the_writer_never_retries_http_whatever_its_parent_set(tmp_path: Path, m
     """Faults: a `looplab` command's server check (store.check_server) leaves MLflow's retry
     settings in os.environ, where every writer started later inherits them; or the
     training process's own MLFLOW_HTTP_REQUEST_MAX_RETRIES wins over the writer's, so one
-    store call may block for minutes of MLflow's retries instead of the writer's backoff."""
-    from looplab.tracking import Tracker
+    store call may block for minutes of MLflow's retries instead of the writer's backoff;
+    or the commands' own store calls lose their one retry and 10 s timeout."""
+    from looplab.tracking import Tracker, reader
     from looplab.tracking.store import check_server
 
     monkeypatch.delenv(RETRIES, raising=False)
     monkeypatch.delenv(TIMEOUT, raising=False)
     with mlflow_server(tmp_path) as (url, _):
         check_server(url)  # as `looplab runs` or `looplab reproduce` do against a server
+        assert RETRIES not in os.environ and TIMEOUT not in os.environ
+        # the commands' MLflow calls (reader.call) have theirs, and only while they run
+        seen = reader.call(lambda: (os.environ.get(RETRIES), os.environ.get(TIMEOUT)))
+        assert seen == ("1", "10")
         assert RETRIES not in os.environ and TIMEOUT not in os.environ
         after_check = Tracker(url, "looplab")
         monkeypatch.setenv(RETRIES, "7")

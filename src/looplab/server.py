@@ -41,15 +41,27 @@ def server_args(
     artifacts_destination: str | Path | None = None,
     workers: int = 1,
     app_name: str | None = None,
+    default_artifact_root: str | None = None,
+    access_log: bool = True,
 ) -> list[str]:
     """`python -m mlflow server` serving artifacts through itself (`mlflow-artifacts:`), so a
-    client needs nothing but the server's URL to log and read a run's files."""
+    client needs nothing but the server's URL to log and read a run's files.
+
+    With `default_artifact_root` (`looplab ui`) it serves none: runs keep their own file://
+    artifact URIs, which the server reads directly, and anything created through the UI goes
+    there, beside the store, not in ./mlartifacts."""
     args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
-    args += ["--host", host, "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
+    args += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    if default_artifact_root:
+        args += ["--default-artifact-root", default_artifact_root, "--no-serve-artifacts"]
+    else:
+        args += ["--serve-artifacts"]
     if artifacts_destination is not None:
         args += ["--artifacts-destination", str(artifacts_destination)]
     if app_name:
         args += ["--app-name", app_name]
+    if not access_log:
+        args += ["--uvicorn-opts", "--no-access-log"]
     return args
 
 

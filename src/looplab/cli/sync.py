@@ -34,10 +34,10 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def sync_command(args: argparse.Namespace) -> int:
-    from looplab.tracking.store import command_http_settings
+    from looplab.tracking.store import command_settings
     from looplab.tracking.sync import sync_folders
 
-    with command_http_settings():  # one retry a store call, then a one-line error
+    with command_settings():  # one retry a store call, then a one-line error; no bars
         results = sync_folders(args.folders, args.tracking_uri, args.experiment)
     failed = 0
     for done, line in results:

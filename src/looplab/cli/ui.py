@@ -53,20 +53,8 @@ def runs_link(base_url: str, experiment_id: str) -> str:
     return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def server_command(uri: str, host: str, port: int, artifact_root: str | None) -> list[str]:
-    """`mlflow server` over `uri`, one worker, no access log."""
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    command += ["--host", host, "--port", str(port), "--workers", "1"]
-    command += ["--uvicorn-opts", "--no-access-log"]
-    if artifact_root:
-        # Runs keep their own file:// artifact URIs, which the server reads directly; this
-        # only keeps anything created through the UI beside the store, not in ./mlartifacts.
-        command += ["--default-artifact-root", artifact_root, "--no-serve-artifacts"]
-    return command
-
-
 def ui_command(args: argparse.Namespace) -> int:
-    from looplab.server import check_port, link_host, server_env
+    from looplab.server import check_port, link_host, server_args, server_env
     from looplab.tracking.reader import sqlite_path
 
     uri, host, port = args.tracking_uri, args.host, args.port
@@ -81,7 +69,9 @@ def ui_command(args: argparse.Namespace) -> int:
     check_port(host, port)
     folder = database.resolve().parent if database else Path(tempfile.gettempdir())
     artifact_root = (folder / "artifacts").as_uri() if database else None
-    command = server_command(uri, host, port, artifact_root)
+    command = server_args(
+        uri, host=host, port=port, default_artifact_root=artifact_root, access_log=False
+    )
     base_url = f"http://{link_host(host)}:{port}"
     log_path = folder / f"mlflow-ui-{port}.log"
     with log_path.open("w", encoding="utf-8") as log:

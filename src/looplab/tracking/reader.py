@@ -28,7 +28,7 @@ from looplab.tracking.store import (
     SWEEP_ID_TAG,
     SWEPT_KEYS_TAG,
     check_server,
-    command_http_settings,
+    command_settings,
 )
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def get_run(uri: str, experiment: str, run_id: str) -> Run:
     mlflow_client = client(uri)
     exp_id = experiment_id(uri, experiment)
     try:
-        with command_http_settings():
+        with command_settings():
             run = mlflow_client.get_run(run_id)
     except MlflowException:
         raise TrackingError(f"no run {run_id} in experiment {experiment!r} of {uri}") from None
@@ -183,7 +183,7 @@ def call(function: Any, *args: Any, **kwargs: Any) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        with command_http_settings():
+        with command_settings():
             return function(*args, **kwargs)
     except MlflowException as error:
         raise TrackingError(f"MLflow: {str(error).splitlines()[0]}") from None

@@ -7,7 +7,6 @@ from the store is ever unpickled or imported here.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +29,9 @@ def config_text(uri: str, run: Run) -> str:
     from mlflow.exceptions import MlflowException
 
     run_id = run.info.run_id
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="looplab-config-") as folder:
         try:
-            with store.command_http_settings():
+            with store.command_settings():
                 local = reader.client(uri).download_artifacts(run_id, CONFIG_ARTIFACT, folder)
         except (MlflowException, OSError):
             raise TrackingError(

@@ -28,11 +28,16 @@ REAPED_TAG = "looplab.reaped"
 PARENT_TAG, ROLE_TAG, SWEEP_ID_TAG = tags.PARENT, tags.ROLE, tags.SWEEP_ID
 SWEPT_KEYS_TAG, JOB_TAG = tags.SWEPT_KEYS, tags.JOB
 CONFIG_DIGEST_TAG, DATA_DIGEST_TAG = tags.CONFIG_DIGEST, tags.DATA_DIGEST
-# MLflow's HTTP settings, read at each call. The writer's: one try a call, never MLflow's
-# minutes of retries (the writer retries itself, in the background, with backoff); they win
-# over whatever the writer's parent has. A command's: one retry, then a one-line error.
+# MLflow's settings, read at each call. The writer's: one try a call, never MLflow's minutes
+# of retries (the writer retries itself, in the background, with backoff); they win over
+# whatever the writer's parent has. A `looplab` command's: one retry, then a one-line error,
+# and no progress bar when it downloads a file.
 WRITER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-COMMAND_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+COMMAND_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
 def first_line(error: BaseException) -> str:
@@ -42,10 +47,10 @@ def first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def command_http_settings() -> Iterator[None]:
-    """`COMMAND_HTTP_ENV` for the MLflow calls inside the block, where the user set nothing
+def command_settings() -> Iterator[None]:
+    """`COMMAND_ENV` for the MLflow calls inside the block, where the user set nothing
     else; os.environ is as it was afterwards, so no process started later inherits them."""
-    added = {key: value for key, value in COMMAND_HTTP_ENV.items() if key not in os.environ}
+    added = {key: value for key, value in COMMAND_ENV.items() if key not in os.environ}
     os.environ.update(added)
     try:
         yield
@@ -135,7 +140,7 @@ def open_store(uri: str, experiment: str) -> tuple[Any, str]:
 
 def check_server(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of retries, when nothing answers. It
-    changes no setting of the process (see `command_http_settings`)."""
+    changes no setting of the process (see `command_settings`)."""
     import requests
 
     try:
