@@ -28,6 +28,10 @@ ROLE_TAG = "looplab.role"
 SWEEP_ID_TAG = "looplab.sweep_id"
 SWEPT_KEYS_TAG = "looplab.swept_keys"
 JOB_TAG = "looplab.job"
+# A sweep's best job, on its parent: its number (the sweep writes it) and its run's id (the
+# sweep, or `looplab sync` once the job's run is in the store).
+BEST_JOB_TAG = "looplab.best_job"
+BEST_RUN_ID_TAG = "looplab.best_run_id"
 # A run's identity for tracking.skip_finished: its config and its data.
 CONFIG_DIGEST_TAG = "looplab.config_digest"
 DATA_DIGEST_TAG = "looplab.data.digest"
