@@ -32,7 +32,7 @@ from looplab.cli.differences import (
     text_table,
 )
 from looplab.core.errors import EXIT_FAILED, TrackingError
-from looplab.run.tags import CHOICES, OVERRIDES, RUN_NAME
+from looplab.run.tags import CHOICES, OVERRIDES, ROLE, RUN_NAME
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -171,7 +171,7 @@ def derived_name(cfg: DictConfig, preset: str | None) -> str:
 def _check_reproducible(run: Run, compared: bool) -> None:
     """A sweep's parent trains nothing; a run still going (or stopped) has no whole history."""
     run_id = run.info.run_id
-    if run.data.tags.get("looplab.role") == "sweep":
+    if run.data.tags.get(ROLE) == "sweep":
         raise TrackingError(
             f"run {run_id} is a sweep's parent, which trains nothing: reproduce one of its "
             f"jobs (looplab runs --sweep {run_id} lists them)"

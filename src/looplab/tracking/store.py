@@ -28,6 +28,7 @@ REAPED_TAG = "looplab.reaped"
 PARENT_TAG, ROLE_TAG, SWEEP_ID_TAG = tags.PARENT, tags.ROLE, tags.SWEEP_ID
 SWEPT_KEYS_TAG, JOB_TAG = tags.SWEPT_KEYS, tags.JOB
 CONFIG_DIGEST_TAG, DATA_DIGEST_TAG = tags.CONFIG_DIGEST, tags.DATA_DIGEST
+BEST_JOB_TAG, BEST_RUN_ID_TAG = tags.BEST_JOB, tags.BEST_RUN_ID
 # MLflow's settings, read at each call. The writer's: one try a call, never MLflow's minutes
 # of retries (the writer retries itself, in the background, with backoff); they win over
 # whatever the writer's parent has. A `looplab` command's: one retry, then a one-line error,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from looplab.core.errors import TrackingError
-from looplab.run.tags import BEST_JOB, BEST_RUN_ID
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
 from looplab.tracking.store import (
+    BEST_JOB_TAG,
+    BEST_RUN_ID_TAG,
     JOB_TAG,
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_LENGTH,
@@ -110,10 +111,10 @@ def _complete_sweep(client: Any, parent_id: str, uri: str, experiment: str, fold
     if not runs:
         return
     parent = client.get_run(parent_id)
-    best_job = parent.data.tags.get(BEST_JOB)
+    best_job = parent.data.tags.get(BEST_JOB_TAG)
     best = [r for r in runs if r.data.tags.get(JOB_TAG) == best_job]
-    if best and parent.data.tags.get(BEST_RUN_ID) != best[0].info.run_id:
-        client.set_tag(parent_id, BEST_RUN_ID, best[0].info.run_id)
+    if best and parent.data.tags.get(BEST_RUN_ID_TAG) != best[0].info.run_id:
+        client.set_tag(parent_id, BEST_RUN_ID_TAG, best[0].info.run_id)
     have = {Path(f.path).name for f in client.list_artifacts(parent_id)}
     if "runs.csv" not in have:
         reader.write_table_csv(reader.runs_table(runs), folder / "runs.csv")
