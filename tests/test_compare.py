@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from looplab.tracking import reader
+from looplab.tracking import reader, tables
 from looplab.tracking.store import open_store
 
 LOOPLAB = str(Path(sys.executable).parent / "looplab")
@@ -133,8 +133,8 @@ def jobs(store: SweepStore) -> list:
 
 
 @pytest.fixture(scope="module")
-def table(jobs) -> pd.DataFrame:
-    return reader.runs_table(jobs)
+def table(jobs, store: SweepStore) -> pd.DataFrame:
+    return tables.runs_table(jobs, store.uri)
 
 
 def looplab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -220,16 +220,17 @@ def test_best_ignores_a_diverged_epoch(tmp_path: Path) -> None:
     client.log_batch(run_id, metrics)
     client.set_terminated(run_id, "FAILED")
     (run,) = reader.find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "looplab")
-    row = reader.runs_table([run]).iloc[0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    row = tables.runs_table([run], uri).iloc[0]
     assert row["best_train_loss"] == pytest.approx(0.5)
     assert row["best_val_loss"] == pytest.approx(0.4)
     assert math.isinf(row["final_train_loss"])
-    assert "inf" in reader.format_table(reader.runs_table([run]))
+    assert "inf" in tables.format_table(tables.runs_table([run], uri))
 
 
 def test_format_table_aligns_columns_and_shortens_floats(table: pd.DataFrame) -> None:
     """format_table prints long floats, misaligns columns, or drops a row or column."""
-    lines = reader.format_table(table).splitlines()
+    lines = tables.format_table(table).splitlines()
     assert len(lines) == 1 + len(JOBS)
     header = lines[0]
     assert header.split() == list(table.columns)
@@ -244,19 +245,21 @@ def test_format_table_aligns_columns_and_shortens_floats(table: pd.DataFrame) ->
 
 def test_csv_holds_the_same_table(table: pd.DataFrame, tmp_path: Path) -> None:
     """write_table_csv drops columns, writes the index, or rounds the numbers."""
-    path = reader.write_table_csv(table, tmp_path / "deep" / "runs.csv")
+    path = tables.write_table_csv(table, tmp_path / "deep" / "runs.csv")
     back = pd.read_csv(path, dtype={"model.width": str})
     assert list(back.columns) == list(table.columns)
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
 
 
-def test_plot_has_one_line_per_run_labelled_by_what_varies(jobs, tmp_path: Path) -> None:
+def test_plot_has_one_line_per_run_labelled_by_what_varies(
+    jobs, store: SweepStore, tmp_path: Path
+) -> None:
     """plot_curves draws fewer/more lines than runs, plots the wrong metric or steps, labels
     lines with something other than the varying params, or writes no valid PNG."""
     from PIL import Image
 
     out = tmp_path / "plots" / "val_loss.png"
-    figure = reader.plot_curves(jobs, "val_loss", out)
+    figure = tables.plot_curves(jobs, "val_loss", out, store.uri)
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 300
     (axes,) = figure.axes
@@ -278,7 +281,7 @@ def test_plot_has_one_line_per_run_labelled_by_what_varies(jobs, tmp_path: Path)
 def test_plot_of_runs_that_do_not_vary_is_labelled_by_run_name(store, tmp_path: Path) -> None:
     """With nothing varying, labels are empty strings rather than the run names."""
     runs = reader.find_runs(store.uri, "looplab", run_ids=[store.job_ids[0]])
-    figure = reader.plot_curves(runs, "train_loss", tmp_path / "one.png")
+    figure = tables.plot_curves(runs, "train_loss", tmp_path / "one.png", store.uri)
     assert [line.get_label() for line in figure.axes[0].get_lines()] == [runs[0].info.run_name]
 
 

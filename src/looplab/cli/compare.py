@@ -85,7 +85,7 @@ def select_runs(args: argparse.Namespace) -> list:
 
 
 def runs_command(args: argparse.Namespace) -> int:
-    from looplab.tracking import reader
+    from looplab.tracking import reader, tables
 
     if args.lost_after <= 0:
         raise TrackingError(f"--lost-after {args.lost_after:g}: it must be > 0 seconds")
@@ -95,18 +95,18 @@ def runs_command(args: argparse.Namespace) -> int:
             print(f"reaped: {run.info.run_name} ({run.info.run_id}): KILLED, it was lost")
         if not reaped:
             print("reaped: no lost runs")
-    table = reader.runs_table(select_runs(args), lost_after_s=args.lost_after)
-    print(reader.format_table(table))
+    table = tables.runs_table(select_runs(args), args.tracking_uri, lost_after_s=args.lost_after)
+    print(tables.format_table(table))
     if args.csv:
-        reader.write_table_csv(table, args.csv)
+        tables.write_table_csv(table, args.csv)
     return 0
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    from looplab.tracking import reader
+    from looplab.tracking import tables
 
     runs = select_runs(args)
-    figure = reader.plot_curves(runs, args.metric, args.out)
+    figure = tables.plot_curves(runs, args.metric, args.out, args.tracking_uri)
     drawn = len(figure.axes[0].get_lines())
     print(f"{args.out}: {args.metric} by epoch for {drawn} of {len(runs)} runs")
     return 0

@@ -147,7 +147,7 @@ def report(
                 ]
             )
         lines.append(text_table(rows))
-    explained = recorded_differences(original, new, metrics=False)
+    explained = recorded_differences(original, new)
     if explained:
         lines.append("recorded differences:")
         lines.append(text_table([["what", "original", "reproduction"], *explained]))
@@ -173,10 +173,10 @@ def text_table(rows: list[list[str]]) -> str:
     )
 
 
-def recorded_differences(a: Run, b: Run, metrics: bool = True) -> list[list[str]]:
+def recorded_differences(a: Run, b: Run, uri: str | None = None) -> list[list[str]]:
     """[what, A, B] for everything recorded that differs between two runs: config values,
-    group choices, versions, commit and dirty state, data, device and threads, then (with
-    `metrics`) each metric's final and best value. Nothing that is the same."""
+    group choices, versions, commit and dirty state, data, device and threads, then (given
+    the store's `uri`) each metric's final and best value. Nothing that is the same."""
     rows: list[list[str]] = []
     params_a, params_b = a.data.params, b.data.params
     for key in sorted(set(params_a) | set(params_b)):
@@ -195,8 +195,8 @@ def recorded_differences(a: Run, b: Run, metrics: bool = True) -> list[list[str]
     for key in RECORDED_TAGS:
         if tags_a.get(key) != tags_b.get(key):
             rows.append([key.removeprefix("looplab."), tags_a.get(key, "-"), tags_b.get(key, "-")])
-    if metrics:
-        rows += _metric_rows(a, b)
+    if uri is not None:
+        rows += _metric_rows(a, b, uri)
     return rows
 
 
@@ -208,13 +208,13 @@ def run_choices(run: Run) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
-def _metric_rows(a: Run, b: Run) -> list[list[str]]:
-    from looplab.tracking import reader
+def _metric_rows(a: Run, b: Run, uri: str) -> list[list[str]]:
+    from looplab.tracking import reader, tables
 
     rows = []
-    for metric in reader.metric_names([a, b]):
-        final_a, best_a = reader.final_and_best(reader.history(a, metric), metric)
-        final_b, best_b = reader.final_and_best(reader.history(b, metric), metric)
+    for metric in tables.metric_names([a, b]):
+        final_a, best_a = tables.final_and_best(reader.history(a, metric, uri), metric)
+        final_b, best_b = tables.final_and_best(reader.history(b, metric, uri), metric)
         for what, x, y in (("final", final_a, final_b), ("best", best_a, best_b)):
             if relative_difference(x, y) != 0:
                 rows.append([f"{what} {metric}", _number(x), _number(y)])

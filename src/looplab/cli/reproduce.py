@@ -244,7 +244,7 @@ def diff_command(args: argparse.Namespace) -> int:
     uri, experiment = args.tracking_uri, args.experiment
     run_a = records.get_run(uri, experiment, args.run_a)
     run_b = records.get_run(uri, experiment, args.run_b)
-    rows = recorded_differences(run_a, run_b)
+    rows = recorded_differences(run_a, run_b, args.tracking_uri)
     if not rows:
         print(f"runs {args.run_a} and {args.run_b} recorded nothing that differs")
         return 0

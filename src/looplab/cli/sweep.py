@@ -102,7 +102,7 @@ class SweepCallback(Callback):
         self, records: list[JobRecord], sweep_dir: Path, uri: str, experiment: str
     ) -> None:
         """The parent's closing tags and files (runs table, curves), its end, the summary."""
-        from looplab.tracking import reader, settle_idle
+        from looplab.tracking import reader, settle_idle, tables
 
         parent, parent_id = self.parent, self.parent_id
         self.parent = self.parent_id = None
@@ -127,12 +127,12 @@ class SweepCallback(Callback):
                 print(f"warning: no runs table for the sweep: {error}", file=sys.stderr)
         run_ids = {run.data.tags.get(tag.JOB): run.info.run_id for run in runs}
         if runs:
-            table = reader.runs_table(runs)
-            table_text = reader.format_table(table)
-            reader.write_table_csv(table, sweep_dir / "runs.csv")
+            table = tables.runs_table(runs, uri)
+            table_text = tables.format_table(table)
+            tables.write_table_csv(table, sweep_dir / "runs.csv")
             files = [(sweep_dir / "runs.csv", None)]
             try:
-                reader.plot_curves(runs, "train_loss", sweep_dir / "curves.png")
+                tables.plot_curves(runs, "train_loss", sweep_dir / "curves.png", uri)
                 files.append((sweep_dir / "curves.png", None))
             except LooplabError as error:  # e.g. no job got to its first epoch
                 print(f"warning: no curves for the sweep: {error}", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from looplab.core.errors import TrackingError
-from looplab.tracking import reader, store
+from looplab.tracking import reader, store, tables
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -46,11 +46,11 @@ def config_text(uri: str, run: Run) -> str:
 
 def histories(uri: str, run: Run) -> dict[str, list[tuple[int, float]]]:
     """Every metric the run logged, each as (epoch, value) by epoch."""
-    return {name: reader.history(run, name, uri) for name in reader.metric_names([run])}
+    return {name: reader.history(run, name, uri) for name in tables.metric_names([run])}
 
 
 def find_tagged(uri: str, experiment: str, key: str, value: str) -> Run | None:
     """The newest run of `experiment` whose tag `key` is `value`, or None."""
     client, experiment_id = reader.client(uri), reader.experiment_id(uri, experiment)
     found = reader.call(store.find_tagged, client, experiment_id, key, value, newest_first=True)
-    return reader.remember([found], uri)[0] if found else None
+    return found

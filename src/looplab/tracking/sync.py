@@ -105,7 +105,7 @@ def sync_folders(
 def _complete_sweep(client: Any, parent_id: str, uri: str, experiment: str, folder: Path) -> None:
     """What an online sweep's parent gets at its end and an offline one could not: the best
     child's run id, and the runs table and curves made from its children in the store."""
-    from looplab.tracking import reader
+    from looplab.tracking import reader, tables
 
     runs = reader.find_runs(uri, experiment, parent_run_id=parent_id)
     if not runs:
@@ -117,11 +117,11 @@ def _complete_sweep(client: Any, parent_id: str, uri: str, experiment: str, fold
         client.set_tag(parent_id, BEST_RUN_ID_TAG, best[0].info.run_id)
     have = {Path(f.path).name for f in client.list_artifacts(parent_id)}
     if "runs.csv" not in have:
-        reader.write_table_csv(reader.runs_table(runs), folder / "runs.csv")
+        tables.write_table_csv(tables.runs_table(runs, uri), folder / "runs.csv")
         client.log_artifact(parent_id, str(folder / "runs.csv"))
     if "curves.png" not in have:
         try:
-            reader.plot_curves(runs, "train_loss", folder / "curves.png")
+            tables.plot_curves(runs, "train_loss", folder / "curves.png", uri)
         except TrackingError:  # no child got to its first epoch
             return
         client.log_artifact(parent_id, str(folder / "curves.png"))
