@@ -99,11 +99,11 @@ def reproduce_command(args: argparse.Namespace) -> int:
     from looplab.launch.overrides import with_overrides
     from looplab.launch.schema import register
     from looplab.run.config_file import from_record
-    from looplab.tracking import records
+    from looplab.tracking import reader, records
 
     register()
     uri, experiment = args.tracking_uri, args.experiment
-    original = records.get_run(uri, experiment, args.run_id)
+    original = reader.get_run(uri, experiment, args.run_id)
     _check_reproducible(original, compared=not args.changes)
     recorded = from_record(records.config_text(uri, original), f"config.yaml of run {args.run_id}")
     edited = edited_keys(original, recorded)
@@ -239,11 +239,11 @@ def _train(
 
 
 def diff_command(args: argparse.Namespace) -> int:
-    from looplab.tracking import records
+    from looplab.tracking import reader
 
     uri, experiment = args.tracking_uri, args.experiment
-    run_a = records.get_run(uri, experiment, args.run_a)
-    run_b = records.get_run(uri, experiment, args.run_b)
+    run_a = reader.get_run(uri, experiment, args.run_a)
+    run_b = reader.get_run(uri, experiment, args.run_b)
     rows = recorded_differences(run_a, run_b, args.tracking_uri)
     if not rows:
         print(f"runs {args.run_a} and {args.run_b} recorded nothing that differs")

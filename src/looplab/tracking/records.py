@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 CONFIG_ARTIFACT = "config.yaml"
 
 
-# `looplab reproduce` and `looplab diff` find their runs here (reader.get_run).
-get_run = reader.get_run
-
-
 def config_text(uri: str, run: Run) -> str:
     """The text of the run's `config.yaml` artifact, downloaded from the store."""
     from mlflow.exceptions import MlflowException
