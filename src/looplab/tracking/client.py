@@ -11,6 +11,9 @@ MLflow's import once. A sweep's job does not wait for its run to be created or e
 writer does that while the next job is set up, and its answers are read (in order, by a
 thread) when the writer is taken up again (`start_tracker`) or the sweep ends
 (`settle_idle`). `OfflineTracker` (tracking.offline=true) starts no writer at all.
+
+Slightly over 400 lines on purpose: `Tracker` parks itself in `Writers` when its run ends
+and `Writers` hands it out again, so the two stay in one module rather than import each other.
 """
 
 from __future__ import annotations
