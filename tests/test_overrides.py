@@ -26,6 +26,8 @@ CASES = [
     ["model={width:8,activation:tanh}", "train.lr=0.05"],
     ["update=sgd", "train.lr=0.5", "model.width=4", "train.momentum=0.9"],
     ["dataset=csv", "dataset.path=x.csv", "dataset.target=y", "dataset.drop=[a]"],
+    # the CSV's keys before its choice: reproduce refused it ("dataset.path is missing")
+    ["dataset.path=x.csv", "dataset.target=y", "dataset=csv"],
     ["train.batch_size=null", "seed=7", "device=cpu"],
 ]
 
@@ -95,8 +97,8 @@ def test_reproduce_applies_changes_as_looplab_train_and_names_the_run_so(
     run_cli, tmp_path, client
 ) -> None:
     """Faults: `reproduce RUN dataset.test_size=0.3 dataset=iris` training with 0.2; a
-    derived run named after the original's name plus the changes as typed; `dataset=csv
-    dataset.path=... dataset.target=...` refused."""
+    derived run named after the original's name plus the changes as typed; a CSV's keys
+    typed before `dataset=csv` refused ("dataset.path is missing")."""
     import subprocess
     import sys
     from pathlib import Path
@@ -135,7 +137,7 @@ def test_reproduce_applies_changes_as_looplab_train_and_names_the_run_so(
     (tmp_path / "d.csv").write_text(
         "a,b,y\n" + "".join(f"{i},{(i * 7) % 5},{i % 2}\n" for i in range(40))
     )
-    derived = reproduce("dataset=csv", "dataset.path=d.csv", "dataset.target=y")
+    derived = reproduce("dataset.path=d.csv", "dataset.target=y", "dataset=csv")
     assert derived.data.params["dataset.name"] == "csv"
     assert derived.data.params["dataset.path"] == str(tmp_path / "d.csv")
     assert derived.info.run_name.startswith("d ")
