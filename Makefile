@@ -26,7 +26,7 @@ $(TEST_STAMP): $(STAMP)
 
 # The ray extra (hydra/launcher=ray) in .venv. hydra-ray-launcher 1.2.2 needs cloudpickle<3,
 # which joblib 1.6.0 (pinned) refuses: joblib 1.5.3 and cloudpickle 2.2.1 replace them here,
-# every other pin stays. `rm .venv/.installed* && make setup` puts the pinned pair back.
+# every other pin stays. `rm .venv/.installed* && make setup-test` puts the pinned pair back.
 setup-ray: setup-test
 	grep -vE '^(cloudpickle|joblib)==' constraints.txt > $(VENV)/constraints-ray.txt
 	PIP_CONSTRAINT=$(abspath $(VENV))/constraints-ray.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(TEST_EXTRAS),ray]' cloudpickle==2.2.1 joblib==1.5.3

@@ -4,7 +4,7 @@ machine by `submitit_local`) and Ray (a local Ray cluster that the launcher star
 Jobs run in processes the launching one did not fork itself: their parent run is found
 through the store, their records through the sweep folder, and their failures through what
 the launcher hands back. Each test skips, naming the extra, when its launcher is not
-installed (`make setup` leaves them out; `.ci/run` installs the slurm extra).
+installed (`make setup` leaves them out; `make test` installs the slurm extra).
 """
 
 from __future__ import annotations

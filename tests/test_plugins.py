@@ -208,7 +208,7 @@ def test_looplab_goes_on_past_a_job_that_raised_and_fails_at_the_end(run_cli, tm
 
 NEEDS_OPTUNA = pytest.mark.skipif(
     importlib.util.find_spec("optuna") is None,
-    reason="Optuna is an optional extra: pip install -e '.[search]' (.ci/run installs it)",
+    reason="Optuna is an optional extra: pip install -e '.[search]' (make test installs it)",
 )
 
 

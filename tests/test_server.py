@@ -195,7 +195,7 @@ def postgres_cluster() -> Iterator[str]:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed: pip install -e '.[server]' (.ci/run does)")
+        pytest.skip("psycopg is not installed: pip install -e '.[server]' (make test does)")
     bindir = Path(found[-1]).parent
     folder = Path(tempfile.mkdtemp(prefix="looplab-pg-"))
     as_user: list[str] = []

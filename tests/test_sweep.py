@@ -141,7 +141,7 @@ def test_the_sweep_plot_is_a_png_with_one_line_per_job(run_cli, tmp_path) -> Non
 
 @pytest.mark.skipif(
     importlib.util.find_spec("optuna") is None,
-    reason="Optuna is an optional extra: pip install -e '.[search]' (.ci/run installs it)",
+    reason="Optuna is an optional extra: pip install -e '.[search]' (make test installs it)",
 )
 def test_an_optuna_search_takes_a_diverging_trial_and_resumes(run_cli, tmp_path) -> None:
     """Faults: a diverged trial told to the study as NaN (Optuna's study breaks), as a
