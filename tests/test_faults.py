@@ -56,7 +56,11 @@ def wait_for_epochs(root: Path, process: subprocess.Popen[str], count: int) -> N
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sent", "exit_code", "stopped_by"),
-    [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")],
+    [
+        (signal.SIGINT, 130, "SIGINT"),
+        (signal.SIGTERM, 143, "SIGTERM"),
+        (signal.SIGHUP, 129, "SIGHUP"),
+    ],
 )
 def test_signal_mid_run_keeps_history_and_marks_killed(
     tmp_path: Path, client, sent: signal.Signals, exit_code: int, stopped_by: str

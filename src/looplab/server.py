@@ -20,8 +20,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from looplab.core.errors import TrackingError
+from looplab.core.signals import dying_with_parent
 
 START_TIMEOUT_SECONDS = 120.0
 
@@ -76,6 +78,20 @@ def server_env(jobs: bool = False, warnings: bool = True) -> dict[str, str]:
     if not warnings:
         env["PYTHONWARNINGS"] = "ignore"  # MLflow's deprecation warnings are not the user's
     return env
+
+
+def start_server(args: list[str], env: dict[str, str], **streams: Any) -> subprocess.Popen:
+    """Start `mlflow server` (`server_args`) so that it never outlives this process: in a
+    session of its own, so that Ctrl-C reaches only us and its whole process group (uvicorn's
+    workers) can be stopped at once; and sent SIGTERM by the kernel if we die, even by SIGKILL
+    (Linux; MLflow passes SIGTERM on to uvicorn). `streams`: Popen's stdout, stderr, cwd."""
+    return subprocess.Popen(
+        dying_with_parent(args, signal.SIGTERM),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **streams,
+    )
 
 
 def link_host(host: str) -> str:
@@ -157,14 +173,12 @@ def mlflow_server(
     env = server_env()
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(Path(log).open("w", encoding="utf-8")) if log else None
-        server = subprocess.Popen(
+        server = start_server(
             args,
+            env,
             cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
             stdout=output or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
-            start_new_session=True,  # its workers share a process group killed at once
         )
         try:
             wait_until_healthy(url, server, log, timeout)

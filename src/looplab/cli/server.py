@@ -70,7 +70,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def server_command(args: argparse.Namespace) -> int:
     from looplab.cli.ui import serve
-    from looplab.server import check_port, link_host, server_args, server_env
+    from looplab.server import check_port, link_host, server_args, server_env, start_server
 
     uri = args.backend_store_uri
     if args.host not in LOOPBACK and not args.app_name:
@@ -104,12 +104,7 @@ def server_command(args: argparse.Namespace) -> int:
     url = f"http://{link_host(args.host)}:{args.port}"
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            command,
-            env=server_env(jobs=args.jobs),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        return start_server(command, server_env(jobs=args.jobs))
 
     def ready() -> None:
         print(

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,26 @@ class SweepCallback(Callback):
     callbacks for its workers, which never end the sweep.
     """
 
+    # The sweep this process launches, until it ends: what `stopped` ends when a signal
+    # stops the sweep, since Hydra then never calls `on_multirun_end`.
+    _running: tuple[int, SweepCallback, DictConfig] | None = None
+
     def __init__(self) -> None:
         self.parent: Any = None  # the parent run's Tracker (or OfflineTracker)
         self.parent_id: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"parent": None, "parent_id": None}
+
+    @classmethod
+    def stopped(cls, by: str) -> None:
+        """End this process's sweep, stopped by signal `by` (SIGINT, SIGTERM or SIGHUP), as
+        its end would, with the jobs recorded so far: the parent ends KILLED with its
+        counts, and the summary says how far the sweep got."""
+        if cls._running is None or cls._running[0] != os.getpid():
+            return
+        _, callback, config = cls._running
+        callback._end(config, stopped_by=by)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         lines = sweep_overrides(config)
@@ -58,6 +73,7 @@ class SweepCallback(Callback):
         check_jobs(config.hydra.job.config_name, jobs)
         refuse_slurm_elsewhere(str(config.hydra.launcher.get("_target_", "")))
         settings = plain_config(job_part(config))
+        SweepCallback._running = (os.getpid(), self, config)
         if not settings.tracking.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
@@ -80,26 +96,41 @@ class SweepCallback(Callback):
             self.parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
         except LooplabError as error:
             parent.stop()
+            SweepCallback._running = None
             raise SweepRefused(str(error)) from None
         self.parent = parent
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        records = read_job_records(sweep_dir)
-        failed = [r for r in records if r.status not in DONE]
-        if self.parent is None:
-            _print_summary(records, None, None, None)
-        else:
-            settings = plain_config(job_part(config))
-            self._end_parent(
-                records, sweep_dir, settings.tracking.uri, settings.tracking.experiment
-            )
+        failed = self._end(config)
         if failed:
             shown = ", ".join(f"#{job.num} {job.name}" for job in failed)
             raise SweepFailed(f"{len(failed)} job(s) of the sweep failed: {shown}")
 
+    def _end(self, config: DictConfig, stopped_by: str | None = None) -> list[JobRecord]:
+        """The summary, and the parent's end; the jobs that did not finish."""
+        SweepCallback._running = None
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        records = read_job_records(sweep_dir)
+        if self.parent is None:
+            _print_summary(records, None, None, None, stopped_by)
+        else:
+            settings = plain_config(job_part(config))
+            self._end_parent(
+                records,
+                sweep_dir,
+                settings.tracking.uri,
+                settings.tracking.experiment,
+                stopped_by,
+            )
+        return [r for r in records if r.status not in DONE]
+
     def _end_parent(
-        self, records: list[JobRecord], sweep_dir: Path, uri: str, experiment: str
+        self,
+        records: list[JobRecord],
+        sweep_dir: Path,
+        uri: str,
+        experiment: str,
+        stopped_by: str | None = None,
     ) -> None:
         """The parent's closing tags and files (runs table, curves), its end, the summary."""
         from looplab.tracking import reader, settle_idle, tables
@@ -143,19 +174,23 @@ class SweepCallback(Callback):
         )
         tags = {
             "looplab.jobs_finished": str(len(finished)),
-            "looplab.jobs_failed": str(len(failed)),
+            "looplab.jobs_failed": str(sum(r.status != "KILLED" for r in failed)),
+            "looplab.jobs_killed": str(sum(r.status == "KILLED" for r in failed)),
             "looplab.jobs_skipped": str(len(skipped)),
         }
         if best is not None:
             tags[tag.BEST_RUN_ID] = best.run_id or run_ids.get(str(best.num), "")
             tags[tag.BEST_JOB] = str(best.num)
             tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
-        warning = parent.finish("FINISHED" if not failed else "FAILED", tags, files)
+        status = "FINISHED" if not failed else "FAILED"
+        if stopped_by:
+            status, tags[tag.STOPPED_BY] = "KILLED", stopped_by
+        warning = parent.finish(status, tags, files)
         parent.stop()
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         hint = sweep_hint(uri, parent.experiment_id, parent_id) if parent_id else None
-        _print_summary(records, table_text, parent_id, hint)
+        _print_summary(records, table_text, parent_id, hint, stopped_by)
         if parent.note:
             print(parent.note)
 
@@ -167,9 +202,14 @@ def jobs_planned(config: DictConfig, jobs: list[Any]) -> int:
 
 
 def _print_summary(
-    records: list[JobRecord], table: str | None, parent_id: str | None, hint: str | None
+    records: list[JobRecord],
+    table: str | None,
+    parent_id: str | None,
+    hint: str | None,
+    stopped_by: str | None = None,
 ) -> None:
-    """The runs table, then one line: how many jobs finished, which failed, where to look."""
+    """The runs table, then one line: how many jobs finished, which failed, where to look
+    (and, for a sweep a signal stopped, by which: the jobs after it never ran)."""
     done = sum(r.status in DONE for r in records)
     failed = [r for r in records if r.status not in DONE]
     skipped = sum(r.status == "SKIPPED" for r in records)
@@ -178,6 +218,8 @@ def _print_summary(
     for record in failed:  # the reasons here too: a cluster's jobs print into their own logs
         print(f"failed: #{record.num} {record.name}: {record.error or record.status}")
     line = f"sweep: {done} of {len(records)} jobs finished"
+    if stopped_by:
+        line = f"sweep stopped by {stopped_by}: {done} of the {len(records)} jobs that ran finished"
     if skipped:
         line += f" ({skipped} skipped: FINISHED before, tracking.skip_finished=true)"
     if failed:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,15 +32,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from looplab.cli.sweep import SweepCallback
 from looplab.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     LooplabError,
     Terminated,
 )
 from looplab.core.paths import config_dir
 from looplab.core.schema import plain_config, validate
+from looplab.core.signals import ALL_STOPS, stops_raise, while_closing
 from looplab.launch.jobs import SweepJob, records_its_jobs
 from looplab.launch.schema import baseline, register
 from looplab.launch.sweep import SweepFailed, SweepRefused
@@ -329,17 +331,36 @@ def main() -> None:
     # and "[job 3] Epoch: 2/3") into one; every job's lines are wanted.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
-        train_job()
+        with stops_raise():  # SIGTERM and SIGHUP (a closed terminal) end us as Ctrl-C does
+            train_job()
     except (HydraException, OmegaConfBaseException) as error:
         if wants_traceback:
             raise
         _fail(describe(error))
     except (SweepRefused, SweepFailed) as stopped:
         _fail(str(stopped))
-    except KeyboardInterrupt:  # before or after a run: there is nothing to mark KILLED
+    # A signal: a run in progress has ended KILLED already (a job exits with 128 + signal);
+    # a sweep in progress ends with what its jobs recorded; else there is nothing to mark.
+    except KeyboardInterrupt:
+        _stop_sweep("SIGINT")
         _fail("interrupted", EXIT_INTERRUPTED)
-    except Terminated:
-        _fail("terminated", EXIT_TERMINATED)
+    except Terminated as stop:
+        _stop_sweep(stop.name)
+        _fail(f"terminated ({stop.name})", stop.exit_code)
+    except SystemExit as leaving:
+        if isinstance(leaving.code, int) and leaving.code - 128 in STOP_NUMBERS:
+            _stop_sweep(signal.Signals(leaving.code - 128).name)
+        raise
+
+
+STOP_NUMBERS = {int(signum) for signum in ALL_STOPS}
+
+
+def _stop_sweep(by: str) -> None:
+    """End the sweep a signal stopped, if any; a second Ctrl-C or SIGTERM meanwhile leaves at
+    once (the writers then end the runs KILLED on their own)."""
+    while_closing(lambda signum: os._exit(128 + signum))
+    SweepCallback.stopped(by)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 not needed to browse runs): two processes instead of a dozen. Its chatter (start-up notes,
 access logs, deprecation warnings) goes to a log file beside the store; the user sees one
 link. MLflow 3.17's UI opens on a GenAI traces overview; the link goes straight to the
-experiment's runs (`?workflowType=machine_learning`). Ctrl-C or SIGTERM stops the server
-(SIGTERM, which MLflow passes on to uvicorn), then anything left of its process group.
+experiment's runs (`?workflowType=machine_learning`). Ctrl-C, SIGTERM or SIGHUP (a closed
+terminal) stops the server (SIGTERM, which MLflow passes on to uvicorn), then anything left of
+its process group; killed outright, we take the server with us (`server.start_server`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from looplab.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, TrackingError
+from looplab.core.errors import EXIT_INTERRUPTED, Terminated, TrackingError
+from looplab.core.signals import stops_raise, while_closing
 
 STOP_TIMEOUT_SECONDS = 10.0
 
@@ -54,7 +56,7 @@ def runs_link(base_url: str, experiment_id: str) -> str:
 
 
 def ui_command(args: argparse.Namespace) -> int:
-    from looplab.server import check_port, link_host, server_args, server_env
+    from looplab.server import check_port, link_host, server_args, server_env, start_server
     from looplab.tracking.reader import sqlite_path
 
     uri, host, port = args.tracking_uri, args.host, args.port
@@ -77,13 +79,9 @@ def ui_command(args: argparse.Namespace) -> int:
     with log_path.open("w", encoding="utf-8") as log:
 
         def start() -> subprocess.Popen:
-            return subprocess.Popen(
-                command,
-                env=server_env(warnings=False),  # no job runner, no warnings
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us; we stop the server once, cleanly
+            # no job runner, no warnings; Ctrl-C reaches us, and we stop the server once
+            return start_server(
+                command, server_env(warnings=False), stdout=log, stderr=subprocess.STDOUT
             )
 
         def ready() -> None:
@@ -100,8 +98,9 @@ def serve(
     ready: Callable[[], None],
     log_path: Path | None = None,
 ) -> int:
-    """Start an MLflow server, call `ready` once it answers, and serve until Ctrl-C (130) or
-    SIGTERM (143); stop it however this ends. `looplab ui` and `looplab server` share it.
+    """Start an MLflow server, call `ready` once it answers, and serve until Ctrl-C (130),
+    SIGTERM (143) or SIGHUP (129); stop it however this ends. `looplab ui` and `looplab server`
+    share it.
 
     Ctrl-C is caught explicitly too: a shell's `looplab ui &` would otherwise start with it
     ignored. While the server stops (seconds at most), a second Ctrl-C is ignored, so it never
@@ -109,27 +108,23 @@ def serve(
     """
     from looplab.server import wait_until_healthy
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     server = None
-    try:
-        server = start()
-        wait_until_healthy(base_url, server, log_path)
-        ready()
-        code = server.wait()
-        see = f"; see {log_path}" if log_path else ""
-        raise TrackingError(f"the MLflow server exited with code {code}{see}")
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Terminated:
-        return EXIT_TERMINATED
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if server is not None:
-            _stop(server)
-        signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_term)
+    with stops_raise():
+        try:
+            server = start()
+            wait_until_healthy(base_url, server, log_path)
+            ready()
+            code = server.wait()
+            see = f"; see {log_path}" if log_path else ""
+            raise TrackingError(f"the MLflow server exited with code {code}{see}")
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except Terminated as stop:
+            return stop.exit_code
+        finally:
+            while_closing(None)
+            if server is not None:
+                _stop(server)
 
 
 def _experiment_id(base_url: str, experiment: str, uri: str) -> str:
@@ -160,8 +155,3 @@ def _stop(server: subprocess.Popen) -> None:
             time.sleep(0.1)
         os.killpg(server.pid, signal.SIGKILL)
     server.wait()
-
-
-def _raise_terminated(_signum: int, _frame: Any) -> None:
-    """SIGTERM ends the command as Ctrl-C does, so that the server is stopped on the way out."""
-    raise Terminated

@@ -1,6 +1,9 @@
 """Errors whose message is meant for the user: the CLI prints them as one line, no traceback."""
 
-# Exit codes: an error or a failed run; Ctrl-C and SIGTERM as shells report them (128 + signal).
+import signal
+
+# Exit codes: an error or a failed run; Ctrl-C and SIGTERM as shells report them (128 + signal;
+# `Terminated.exit_code` for SIGHUP's 129).
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
 
 
@@ -40,7 +43,20 @@ class DivergedError(LooplabError):
 
 
 class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that a run can be ended as KILLED.
+    """SIGTERM or SIGHUP (core/signals.py), turned into an exception so that a run can be
+    ended as KILLED.
 
     A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
     """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as shells report it

@@ -10,10 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +20,13 @@ from omegaconf import DictConfig
 from looplab.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     DivergedError,
     Terminated,
 )
 from looplab.core.loop import EpochResult
 from looplab.core.paths import shown
 from looplab.core.schema import validate
+from looplab.core.signals import stops_raise, while_closing
 from looplab.run import tags as tag
 from looplab.run.config_file import rerunnable
 from looplab.run.naming import identity, params, run_name
@@ -64,20 +61,6 @@ class RunResult:
         return self.history[-1].metrics["val_loss"]
 
 
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into `Terminated` while a run is in progress."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def execute(
     cfg: DictConfig,
     output_dir: Path,
@@ -98,7 +81,7 @@ def execute(
     """
     validate(cfg)
     try:
-        with sigterm_raises():
+        with stops_raise():
             return _execute(
                 cfg,
                 output_dir,
@@ -193,14 +176,14 @@ def _execute(
         end_tags = {"looplab.diverged_at_epoch": str(error.epoch), "looplab.error": str(error)}
     except (KeyboardInterrupt, Terminated) as stop:
         # A second Ctrl-C (or SIGTERM) while the records are being closed leaves at once;
-        # the writer process then marks the run KILLED on its own.
-        signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(EXIT_TERMINATED))
+        # the writer process then marks the run KILLED on its own. A second SIGHUP is the
+        # same closed terminal again: ignored.
+        while_closing(lambda signum: os._exit(128 + signum))
         interrupted = isinstance(stop, KeyboardInterrupt)
         result.status = "KILLED"
-        result.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
-        result.error = "interrupted (Ctrl-C)" if interrupted else "terminated (SIGTERM)"
-        end_tags = {"looplab.stopped_by": "SIGINT" if interrupted else "SIGTERM"}
+        result.exit_code = EXIT_INTERRUPTED if interrupted else stop.exit_code
+        result.error = "interrupted (Ctrl-C)" if interrupted else f"terminated ({stop.name})"
+        end_tags = {tag.STOPPED_BY: "SIGINT" if interrupted else stop.name}
     except BaseException as error:
         result.status, result.exit_code, failure = "FAILED", EXIT_FAILED, error
         result.error = f"{type(error).__name__}: {error}"
@@ -216,8 +199,6 @@ def _execute(
     if tracker is not None:
         result.warning = tracker.finish(result.status, end_tags, end_files, wait=not defer_end)
         result.run_id = tracker.finished_run_id
-    if result.status == "KILLED":  # back to normal Ctrl-C for whoever called us
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     result.seconds = time.monotonic() - started
     hint = tracker.hint() if tracker is not None and not console.prefix else None
     log.info(console.prefix + closing_line(result, output_dir, hint))

@@ -13,3 +13,4 @@ CONFIG_DIGEST = "looplab.config_digest"  # a run's identity for tracking.skip_fi
 DATA_DIGEST = "looplab.data.digest"
 BEST_JOB = "looplab.best_job"  # on a sweep's parent: its best job's number and run
 BEST_RUN_ID = "looplab.best_run_id"
+STOPPED_BY = "looplab.stopped_by"  # SIGINT, SIGTERM or SIGHUP: a KILLED run, a stopped sweep

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from looplab.core.errors import TrackingError
+from looplab.core.signals import ALL_STOPS
 from looplab.tracking import protocol
 from looplab.tracking.links import run_hint
 from looplab.tracking.offline import OfflineTracker
@@ -191,17 +192,16 @@ class Tracker(RunFolder):
 
     # -- protocol ----------------------------------------------------------------------------
     def _send(self, message: Any) -> None:
-        """Pickle one message down the pipe, whole: Ctrl-C and SIGTERM wait until it is out,
-        so a signal never leaves half a message that the writer would take for the end."""
+        """Pickle one message down the pipe, whole: Ctrl-C, SIGTERM and SIGHUP wait until it
+        is out, so a signal never leaves half a message that the writer would take for the end."""
         assert self.process.stdin is not None
-        stops = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_STOPS)
         try:
             protocol.send(self.process.stdin, message)
         except (BrokenPipeError, OSError):
             raise TrackingError(f"the MLflow writer for {self.uri} stopped unexpectedly") from None
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, ALL_STOPS)
 
     def _receive(self, timeout: float, waiting_for: str) -> Any:
         """The writer's next reply, in order. A thread reads them off the pipe: a job that did

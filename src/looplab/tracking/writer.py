@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from looplab.core.signals import detach_hung_up_terminal, ignore_stops
 from looplab.tracking import protocol
 from looplab.tracking.delivery import (
     CreateRun,
@@ -193,9 +194,11 @@ class Writer:
 
 
 def writer_main() -> None:
-    """Entry of the writer process. Signals are the parent's business: it tells us to end."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Entry of the writer process. Signals are the parent's business: it tells us to end,
+    or its end closes our stdin; what we were sent is delivered either way."""
+    ignore_stops()
+    # A closed terminal: what MLflow prints goes nowhere rather than fail (see core/signals.py).
+    signal.signal(signal.SIGHUP, lambda _s, _f: detach_hung_up_terminal())
     # Keep the protocol's stdout to ourselves; anything MLflow prints goes to stderr.
     reply_stream = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

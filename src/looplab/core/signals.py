@@ -1,0 +1,100 @@
+"""The signals that stop a looplab process, handled in one place.
+
+Ctrl-C (SIGINT) raises KeyboardInterrupt, as Python does; SIGTERM and SIGHUP (the terminal
+went away: a dropped SSH session, a closed window) raise `Terminated`, so a run ends as
+KILLED with every epoch delivered whichever of the three arrives. A terminal that closes
+may send SIGHUP twice (the shell passes it on, then the kernel hangs the terminal up), so
+a second SIGHUP is never taken as a second Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import sys
+from collections.abc import Callable, Iterator
+
+from looplab.core.errors import Terminated
+
+# Raise `Terminated` while a run or a server is in progress; SIGINT is Python's own.
+STOPS = (signal.SIGTERM, signal.SIGHUP)
+# Every signal that asks a looplab process to stop, for what must not be cut by one.
+ALL_STOPS = (signal.SIGINT, *STOPS)
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    if signum == signal.SIGHUP:
+        detach_hung_up_terminal()
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stops_raise() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `Terminated` (and SIGINT into KeyboardInterrupt, even
+    where a shell started us with it ignored) while the block runs. SIGHUP stays ignored
+    where it was (`nohup`)."""
+    handlers = {signal.SIGINT: signal.default_int_handler}
+    handlers |= {signum: _raise_terminated for signum in STOPS}
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # `nohup`: the user asked to stay
+        del handlers[signal.SIGHUP]
+    previous = [(signum, signal.signal(signum, handler)) for signum, handler in handlers.items()]
+    try:
+        yield
+    finally:
+        for signum, handler in previous:
+            signal.signal(signum, handler)
+
+
+def while_closing(leave: Callable[[int], None] | None) -> None:
+    """While a stopped run or server closes its records: a second Ctrl-C or SIGTERM calls
+    `leave` (or is ignored, with None); a second SIGHUP is always ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN if leave is None else lambda s, _f: leave(s))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def ignore_stops() -> None:
+    """For a helper process (the MLflow writer) that its parent tells when to end: the
+    terminal's signals reach it too, and must not cut what it still has to deliver."""
+    for signum in ALL_STOPS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def detach_hung_up_terminal() -> None:
+    """Point stdout and stderr at /dev/null when they are a terminal that has hung up (a
+    hung-up terminal is a character device that no longer answers as a terminal): writing
+    there fails with EIO, which would cut the run's closing short. Output that goes
+    anywhere else (a file, a pipe, a terminal still open) is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            fd = stream.fileno()
+            if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
+                with contextlib.suppress(OSError):
+                    stream.flush()
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+
+
+# Run by a fresh interpreter before it becomes the command: ask the kernel for the signal
+# when the parent dies (prctl PR_SET_PDEATHSIG, kept across exec), leave at once if the parent
+# is gone already, then exec the command. A wrapper rather than Popen's preexec_fn, which is
+# unsafe in a process with threads.
+_PDEATHSIG = """import ctypes, os, sys
+signum, parent = int(sys.argv[1]), int(sys.argv[2])
+ctypes.CDLL(None).prctl(1, signum, 0, 0, 0)
+if os.getppid() != parent:
+    os.kill(os.getpid(), signum)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+def dying_with_parent(args: list[str], signum: int = signal.SIGTERM) -> list[str]:
+    """`args` as a command that the kernel sends `signum` when this process dies, even by
+    SIGKILL, so that it cannot outlive us (Linux). Elsewhere `args` unchanged: our own
+    cleanup on a signal is then all there is."""
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-c", _PDEATHSIG, str(int(signum)), str(os.getpid()), *args]
