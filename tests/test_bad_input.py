@@ -34,7 +34,25 @@ CONFIG_CASES = {
     "unknown-key-added": (["+model.widht=3"], ["unknown key model.widht", "model.width"]),
     "unknown-top-key": (["+epochs=3"], ["unknown key epochs", "train"]),
     "unknown-dataset": (["dataset=mnist"], ["dataset=mnist", "is not an option", "digits, iris"]),
-    "unknown-update": (["update=adam"], ["update=adam", "is not an option", "manual, sgd"]),
+    "unknown-update": (
+        ["update=adagrad"],
+        ["update=adagrad", "is not an option", "adam, adamw, manual, optim, sgd"],
+    ),
+    "momentum-for-adam": (
+        ["update=adam", "train.momentum=0.9"],
+        ["train.momentum=0.9", "update=manual and update=sgd", "update.* keys"],
+    ),
+    "optimiser-argument": (["update=adam", "+update.alpha=0.9"], ["does not take", "alpha"]),
+    "optimiser-missing": (
+        ["update=optim", "update._target_=torch.optim.Adamm"],
+        ["update._target_=torch.optim.Adamm", "importable"],
+    ),
+    "optimiser-lr": (["update=adam", "+update.lr=0.1"], ["update.lr=0.1", "train.lr"]),
+    "hidden-and-width": (
+        ["model.width=8", "model.hidden=[4]"],
+        ["model.hidden=[4]", "model.width=8", "set one of them"],
+    ),
+    "hidden-zero": (["model.hidden=[4,0]"], ["model.hidden=[4,0]", ">= 1"]),
     "unknown-device": (["device=tpu"], ["device=tpu", "is not an option", "cpu, cuda"]),
     "wrong-type-int": (["train.epochs=ten"], ["train.epochs=ten", "must be an integer"]),
     "wrong-type-float": (["train.lr=fast"], ["train.lr=fast", "must be a number"]),
@@ -53,6 +71,10 @@ CONFIG_CASES = {
     "sweep-bad-value": (
         ["-m", "train.lr=0.1,0.2,-1"],
         ["train.lr=-1.0", "must be > 0", "nothing ran"],
+    ),
+    "sweep-bad-optimiser-argument": (
+        ["-m", "update=adam,adamw", "+update.momentum=0.9"],
+        ["does not take", "momentum", "nothing ran"],
     ),
     "sweep-bad-enum-parallel": (
         ["-m", "hydra/launcher=joblib", "model.activation=relu,gelu"],

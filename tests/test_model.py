@@ -34,8 +34,23 @@ from looplab.core.model import (
         ),
         ("dataset=diabetes", "model.width=8", "train.epochs=300", "train.lr=0.05"),
         ("dataset=iris", "model.width=6", "model.activation=sigmoid", "train.epochs=200"),
+        # deeper: two hidden layers, each an explicit (weights, bias) pair by hand
+        (
+            "dataset=digits",
+            "model.hidden=[24,12]",
+            "model.activation=tanh",
+            "train.batch_size=64",
+            "train.momentum=0.9",
+            "train.epochs=40",
+        ),
     ],
-    ids=["binary-w0", "multiclass-w16-momentum", "regression-w8", "multiclass-sigmoid"],
+    ids=[
+        "binary-w0",
+        "multiclass-w16-momentum",
+        "regression-w8",
+        "multiclass-sigmoid",
+        "multiclass-hidden-24-12",
+    ],
 )
 def test_manual_and_torch_parts_give_the_same_loss_history(make_config, tmp_path, setting):
     assert_the_four_ways_agree(make_config, tmp_path, *setting)
@@ -124,6 +139,7 @@ def test_auto_takes_an_accelerator_only_for_a_step_with_the_work_for_it() -> Non
         (("train.batch_size=32",), 32 * 30),  # a step is a mini-batch
         (("model.width=8",), 455 * (30 + 1) * 8),  # two layers
         (("dataset=iris",), 120 * 4 * 3),  # three outputs
+        (("model.hidden=[8,4]",), 455 * (30 * 8 + 8 * 4 + 4 * 1)),  # every layer
     ],
 )
 def test_the_step_work_auto_weighs_is_the_runs(make_config, monkeypatch, overrides, work) -> None:

@@ -87,7 +87,7 @@ CROSSOVER = [
 def synthetic_step_work(width: int, batch: int | None) -> int:
     """`device=auto`'s measure of a step of `synthetic(50_000, width, batch)`: 40,000
     training rows, 32 features, one output."""
-    return step_work(batch or 40_000, 32, 1, width)
+    return step_work(batch or 40_000, 32, 1, [width] if width else [])
 
 
 def device_rows(cfg: Settings, card: str) -> list[Row]:

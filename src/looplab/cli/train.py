@@ -43,6 +43,7 @@ from looplab.core.paths import config_dir
 from looplab.core.schema import plain_config, validate
 from looplab.core.signals import ALL_STOPS, stops_raise, while_closing
 from looplab.launch.jobs import SweepJob, records_its_jobs
+from looplab.launch.parts import parts_of
 from looplab.launch.schema import baseline, register
 from looplab.launch.sweep import SweepFailed, SweepRefused
 from looplab.launch.wording import describe
@@ -163,6 +164,7 @@ def train_job(cfg: DictConfig) -> float:
     try:
         plain = plain_config(cfg)
         validate(plain)
+        parts = parts_of(plain)
         # Start MLflow's writer process before torch is imported, so the two overlap.
         tracker = start_tracker(plain)
         runs_before = tracker.runs_started if tracker else 0
@@ -199,6 +201,7 @@ def train_job(cfg: DictConfig) -> float:
             tags=tags,
             defer_end=job is not None,
             cpus=launcher_cpus(hydra_config),
+            parts=parts,
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)

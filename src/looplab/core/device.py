@@ -3,6 +3,8 @@ else, and always where there is neither, the CPU."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from looplab.core.errors import DeviceError
@@ -25,10 +27,11 @@ def available_devices() -> list[str]:
     return [*found, "cpu"]
 
 
-def step_work(rows_a_step: int, n_features: int, n_outputs: int, width: int) -> int:
-    """Multiply-adds of one forward step: the rows of a step times the model's weights."""
-    weights = n_features * n_outputs if width == 0 else (n_features + n_outputs) * width
-    return rows_a_step * weights
+def step_work(rows_a_step: int, n_features: int, n_outputs: int, hidden: list[int]) -> int:
+    """Multiply-adds of one forward step: the rows of a step times the model's weights
+    (`hidden`: the hidden layers' widths, `model.hidden_widths`)."""
+    sizes = [n_features, *hidden, n_outputs]
+    return rows_a_step * sum(a * b for a, b in itertools.pairwise(sizes))
 
 
 def resolve_device(name: str, work: int | None = None) -> tuple[torch.device, str]:

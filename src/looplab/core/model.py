@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from looplab.core.data import TaskKind
 from looplab.core.errors import ConfigError, ShapeError
+from looplab.core.schema import hidden_widths
 
 Tensor = torch.Tensor
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -64,7 +65,8 @@ MODULE_ACTIVATIONS: dict[str, type[nn.Module]] = {
 class MySimpleNN:
     """The tutorial's network: plain tensors with `requires_grad=True`, forward written out.
 
-    With no hidden layer (width 0) it is the tutorial's single neuron `x @ w + b`.
+    With no hidden layer (width 0) it is the tutorial's single neuron `x @ w + b`; each
+    hidden layer is one more explicit (weights, bias) pair and activation.
     """
 
     def __init__(self, layers: list[tuple[Tensor, Tensor]], activation: str) -> None:
@@ -134,9 +136,10 @@ def build_model(
     dtype: torch.dtype,
     device: torch.device,
     seed: int,
+    hidden: Sequence[int] | None = None,
 ) -> MySimpleNN | nn.Module:
-    """A width-0 (one layer) or one-hidden-layer network, by hand or from torch.nn."""
-    sizes = [n_features, width, n_outputs] if width > 0 else [n_features, n_outputs]
+    """The network with the hidden layers `hidden_widths` says, by hand or from torch.nn."""
+    sizes = [n_features, *hidden_widths(width, hidden), n_outputs]
     layers = initial_parameters(sizes, init, dtype, torch.Generator().manual_seed(seed))
     if impl == "manual":
         return MySimpleNN(layers, activation).to(device)

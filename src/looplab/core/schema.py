@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -83,6 +84,7 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     width: int = 0
+    hidden: list[int] | None = None  # every hidden layer's width; null: model.width's one
     activation: Activation = Activation.relu
     impl: Impl = Impl.manual
     init: Init = Init.default
@@ -91,6 +93,9 @@ class ModelConfig:
 
 @dataclass
 class UpdateConfig:
+    """The built-in updates' one key. `update` itself is typed Any in `LooplabConfig`, so
+    that a `torch.optim` class with its own arguments fits too (`check_update`)."""
+
     name: UpdateName = UpdateName.manual
 
 
@@ -126,11 +131,67 @@ class TrackingConfig:
 class LooplabConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    update: UpdateConfig = field(default_factory=UpdateConfig)
+    # `{name: manual|sgd}` (UpdateConfig), or `{_target_: torch.optim.CLASS, ...its arguments}`:
+    # empty here, so that the chosen `update=` file is the whole node.
+    update: Any = field(default_factory=dict)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 42
+
+
+def hidden_widths(width: int, hidden: Sequence[int] | None = None) -> list[int]:
+    """The hidden layers' widths: `model.hidden` when given (any number of layers), else the
+    tutorial's `model.width`: one hidden layer, or none (the single neuron) for width 0."""
+    if hidden is not None:
+        return [int(w) for w in hidden]
+    return [width] if width > 0 else []
+
+
+def update_name(update: Any) -> str:
+    """What the update is, for params and names: `manual`, `sgd`, or the optimiser's class."""
+    return str(update.get("_target_") or update.get("name"))
+
+
+# The keys a `_target_` update may not set: looplab passes them itself.
+PASSED_BY_LOOPLAB = {"lr": "train.lr is its learning rate", "params": "looplab passes the model's"}
+
+
+def check_update(update: Any, train: Any) -> None:
+    """`update`: a built-in (`name`: manual or sgd) or a `torch.optim`-like class (`_target_`,
+    its arguments beside it; the Hydra side finds it). `train.momentum` and
+    `train.weight_decay` belong to the built-ins: an optimiser takes its own as update.*."""
+    choose = (
+        "choose one of manual, sgd, or an optimiser: update=adam, update=adamw, "
+        "update=optim update._target_=torch.optim.CLASS"
+    )
+    target = update.get("_target_")
+    if target is None:
+        _require(update.get("name") in set(UpdateName), "update.name", update.get("name"), choose)
+        for key in update:
+            if key != "name":
+                raise ConfigError(
+                    f"unknown key update.{key}: update={update.name} has only update.name; an "
+                    "optimiser's own arguments go beside update._target_ (update=optim)"
+                )
+        return
+    for key, why in PASSED_BY_LOOPLAB.items():
+        _require(key not in update, f"update.{key}", update.get(key), why)
+    _require(
+        "name" not in update,
+        "update.name",
+        update.get("name"),
+        f"update._target_={target} is the update",
+    )
+    for key, unset in (("momentum", 0.0), ("weight_decay", 0.0)):
+        value = train[key]
+        _require(
+            value == unset,
+            f"train.{key}",
+            value,
+            f"it is for update=manual and update=sgd; {target} takes its own arguments as "
+            f"update.* keys (+update.{key}={value})",
+        )
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -191,6 +252,7 @@ def validate(cfg: DictConfig) -> None:
     is allowed.
     """
     _check_keys(cfg, LooplabConfig)
+    check_update(cfg["update"], cfg.train)  # cfg.update is DictConfig's own method
     train, model, dataset = cfg.train, cfg.model, cfg.dataset
     _require(train.lr > 0, "train.lr", train.lr, "it must be > 0")
     _require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
@@ -210,6 +272,21 @@ def validate(cfg: DictConfig) -> None:
         "it must be >= 1, or null for the CPUs the job was given",
     )
     _require(model.width >= 0, "model.width", model.width, "it must be >= 0 (0 = one neuron)")
+    if model.hidden is not None:
+        shown = f"[{','.join(map(str, model.hidden))}]"
+        _require(
+            all(w >= 1 for w in model.hidden),
+            "model.hidden",
+            shown,
+            "every hidden layer's width must be >= 1 ([] for no hidden layer)",
+        )
+        _require(
+            model.width == 0,
+            "model.hidden",
+            shown,
+            f"it gives every hidden layer's width, and model.width={model.width} gives one: "
+            "set one of them (model.width=0 with model.hidden)",
+        )
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "it must be in [0, 2**32)")
     _require(
         0 < dataset.test_size < 1,

@@ -1,4 +1,5 @@
-"""The parameter update, two ways: by hand under `torch.no_grad()`, or `torch.optim.SGD`.
+"""The parameter update, two ways: by hand under `torch.no_grad()`, or `torch.optim.SGD`;
+or any `torch.optim` optimiser a config names by `_target_`.
 
 Both expose `step()` and `zero_grad()`, so the loop reads the same either way. The manual
 update does momentum and weight decay by hand, exactly as `torch.optim.SGD` defines them.
@@ -6,6 +7,7 @@ update does momentum and weight decay by hand, exactly as `torch.optim.SGD` defi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -57,6 +59,10 @@ class ManualUpdate:
                 p.grad.zero_()
 
 
+# A `torch.optim`-like class with its own arguments bound, called (parameters, lr=...).
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
 def build_update(
     name: str,
     parameters: list[torch.Tensor],
@@ -64,10 +70,20 @@ def build_update(
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    optimizer: OptimizerFactory | None = None,
 ) -> Updater:
-    """The `update=` choice: `manual` or `sgd`."""
+    """The `update=` choice: `manual`, `sgd`, or an optimiser the Hydra side found by its
+    `_target_` (`optimizer`, given `train.lr` here); `name` says which for the messages."""
+    if optimizer is not None:
+        try:
+            return optimizer(parameters, lr=lr)
+        except (TypeError, ValueError) as error:  # an argument it refuses, e.g. betas=[2, 0]
+            raise ConfigError(f"update._target_={name} refused its arguments: {error}") from None
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "manual":
         return ManualUpdate(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ConfigError(f"update={name} is not an option: choose one of manual, sgd")
+    raise ConfigError(
+        f"update._target_={name} is found by looplab-train (Hydra's instantiate): pass "
+        "its class as `optimizer` here"
+    )

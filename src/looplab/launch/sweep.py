@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from looplab.core.errors import LooplabError
 from looplab.core.schema import plain_config, validate
 from looplab.launch.overrides import Compositions, parse
+from looplab.launch.parts import parts_of
 from looplab.launch.wording import describe
 
 
@@ -95,7 +96,9 @@ def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
     configs = Compositions(lambda lines: compose(config_name=config_name, overrides=lines))
     for job in jobs:
         try:
-            validate(plain_config(configs.job_config([c.text for c in job])))
+            plain = plain_config(configs.job_config([c.text for c in job]))
+            validate(plain)
+            parts_of(plain)
         except LooplabError as error:
             _refuse(str(error), job)
         except Exception as error:  # Hydra's and OmegaConf's own: worded as one line

@@ -70,15 +70,16 @@ def _hydra_settings() -> tuple[list[Any], dict[str, Any]]:
     return overrides, {"hydra": hydra}
 
 
-# The packages whose classes a recorded config may name as `_target_`: looplab's own.
-OWN_PACKAGES = ("looplab.", "hydra_plugins.looplab_")
+# What a recorded config may name as `_target_`: looplab's own packages, and torch's
+# optimisers (`update=adam`: a class called with the parameters and lr, nothing else of torch).
+TRUSTED_TARGETS = ("looplab.", "hydra_plugins.looplab_", "torch.optim.")
 
 
 def from_record(text: str, source: str = "config.yaml") -> DictConfig:
     """A run's recorded `config.yaml`, read as data, never as code, as a plain config.
 
     Plain YAML only (`yaml.safe_load`: no Python tags); no `${...}` interpolations outside its
-    `hydra` part (a recorded config is resolved); no `_target_` outside looplab's own packages;
+    `hydra` part (a recorded config is resolved); no `_target_` outside `TRUSTED_TARGETS`;
     every other key must be in the schema, with the schema's types, and pass `validate`. Its
     `defaults` and `hydra` parts are checked, then left out: a rerun takes looplab's own Hydra
     settings.
@@ -93,7 +94,7 @@ def from_record(text: str, source: str = "config.yaml") -> DictConfig:
     if not isinstance(document, dict):
         raise ConfigError(f"{source} is not a mapping of config keys")
     for where, value in _leaves(document):
-        if where.endswith("_target_") and not str(value).startswith(OWN_PACKAGES):
+        if where.endswith("_target_") and not str(value).startswith(TRUSTED_TARGETS):
             raise ConfigError(
                 f"{source} names an import target outside looplab ({where}={value}): refused, "
                 "a run's artifacts are data, never code"

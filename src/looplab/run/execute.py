@@ -25,12 +25,12 @@ from looplab.core.errors import (
 )
 from looplab.core.loop import EpochResult
 from looplab.core.paths import shown
-from looplab.core.schema import validate
+from looplab.core.schema import update_name, validate
 from looplab.core.signals import stops_raise, while_closing
 from looplab.run import tags as tag
 from looplab.run.config_file import rerunnable
 from looplab.run.naming import identity, params, run_name
-from looplab.run.prepare import prepare
+from looplab.run.prepare import Parts, prepare
 from looplab.run.recorder import Recorder
 from looplab.run.records import dataset_input, describe_data, environment_tags, preprocessing
 from looplab.run.reporting import ConsoleReport, MetricsCsv
@@ -71,12 +71,14 @@ def execute(
     tags: dict[str, str] | None = None,
     defer_end: bool = False,
     cpus: float | None = None,
+    parts: Parts | None = None,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
     `name` is the run's name (by default the data set's); `console` how epochs are shown
     (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest;
-    `cpus` the CPUs a launcher gave this job (see `torch_threads`).
+    `cpus` the CPUs a launcher gave this job (see `torch_threads`); `parts` what the config
+    names by `_target_` (`launch/parts.py`).
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
@@ -92,6 +94,7 @@ def execute(
                 tags or {},
                 defer_end,
                 cpus,
+                parts,
             )
     finally:
         if tracker is not None:
@@ -108,9 +111,10 @@ def _execute(
     extra_tags: dict[str, str],
     defer_end: bool,
     cpus: float | None = None,
+    parts: Parts | None = None,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
-    ready = prepare(cfg, cpus)
+    ready = prepare(cfg, cpus, parts)
     info = ready.split_info
     console = console or ConsoleReport(
         cfg.train.epochs, cfg.train.print_style, cfg.train.print_every
@@ -130,7 +134,7 @@ def _execute(
         run_params = {
             **params(cfg),
             "dataset": cfg.dataset.name,
-            "update": cfg["update"].name,
+            "update": update_name(cfg["update"]),
             "device": cfg.device.name,
             "data.task": info.task,
             "data.rows": str(info.n_rows),

@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from looplab.core.schema import hidden_widths
+
 
 def identity(cfg: DictConfig) -> str:
     """A digest of what a run trains: the resolved config less its tracking settings.
@@ -19,6 +21,8 @@ def identity(cfg: DictConfig) -> str:
     """
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     document.pop("tracking", None)
+    if document["model"].get("hidden") is None:  # unset: the identity runs had before it
+        document["model"].pop("hidden", None)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -41,11 +45,14 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 def params(cfg: DictConfig) -> dict[str, str]:
     """The MLflow params of a run: the flattened config, less keys that do nothing in it.
 
-    `model.activation` is left out of a width-0 model, which has no hidden layer to activate.
+    `model.activation` is left out of a model with no hidden layer to activate, and an unset
+    `model.hidden` (the tutorial's `model.width` says the one hidden layer).
     """
     flat = flatten(cfg)
-    if cfg.model.width == 0:
+    if not hidden_widths(cfg.model.width, cfg.model.hidden):
         flat.pop("model.activation", None)
+    if cfg.model.get("hidden") is None:
+        flat.pop("model.hidden", None)
     return flat
 
 
@@ -63,8 +70,8 @@ UNNAMED_PREFIXES = ("tracking.", "train.print_", "train.threads")
 def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:
     """Short `key=value` words for each value of `cfg` that differs from `baseline`.
 
-    A group's choice (`update.name`, `device.name`) is its value alone (`sgd`), a CSV path its
-    file's stem, any other key its last part (`width=8`, `lr=0.05`).
+    A group's choice (`update.name`, `device.name`) is its value alone (`sgd`), an optimiser
+    its class (`Adam`), a CSV path its file's stem, any other key its last part (`width=8`).
     """
     ours, theirs = params(cfg), flatten(baseline)
     words = []
@@ -73,6 +80,10 @@ def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:
             continue
         if key == "dataset.path":
             words.append(data_name(cfg))
+        elif key == "update._target_":  # an optimiser: its class (its arguments are params)
+            words.append(value.rsplit(".", 1)[-1])
+        elif key.startswith("update.") and "update._target_" in ours:
+            continue
         elif key.endswith(".name"):
             words.append(value)
         else:

@@ -15,7 +15,8 @@ from looplab.core import tables
 from looplab.core.device import resolve_device, step_work
 from looplab.core.loop import EpochCallback, EpochResult, fit
 from looplab.core.model import LossFn, build_model, loss_function, quality
-from looplab.core.update import Updater, build_update
+from looplab.core.schema import hidden_widths, update_name
+from looplab.core.update import OptimizerFactory, Updater, build_update
 
 
 def torch_threads(asked: int | None = None, given: float | None = None) -> int:
@@ -42,6 +43,14 @@ def torch_threads(asked: int | None = None, given: float | None = None) -> int:
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) - 1)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a config names by `_target_`, found by the Hydra side (`launch/parts.py`) and
+    handed down, so that this layer and the core never import Hydra."""
+
+    optimizer: OptimizerFactory | None = None
 
 
 @dataclass
@@ -78,12 +87,14 @@ class Prepared:
         )
 
 
-def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
+def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = None) -> Prepared:
     """Set up one run from a plain config: threads, seed, device, data, model, update, loss.
 
     The CLI and `make bench` both call this, so the benchmark times exactly what a run trains.
-    `cpus`: the CPUs a launcher gave this job, for `torch_threads`.
+    `cpus`: the CPUs a launcher gave this job, for `torch_threads`; `parts`: what the config
+    names by `_target_`.
     """
+    parts = parts or Parts()
     threads = torch_threads(cfg.train.threads, cpus)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
@@ -97,7 +108,8 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
     if cfg.device.name == "auto":
         n_train = len(split.y_train)
         rows_a_step = min(cfg.train.batch_size or n_train, n_train)
-        work = step_work(rows_a_step, split.n_features, split.n_outputs, cfg.model.width)
+        hidden = hidden_widths(cfg.model.width, cfg.model.hidden)
+        work = step_work(rows_a_step, split.n_features, split.n_outputs, hidden)
         device, device_reason = resolve_device("auto", work)
     tensors = datasets.to_device(split, device, dtype)
     task, target_std = split.task, split.target_std
@@ -108,6 +120,7 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
         info.n_features,
         info.n_outputs,
         width=cfg.model.width,
+        hidden=cfg.model.hidden,
         activation=cfg.model.activation,
         impl=cfg.model.impl,
         init=cfg.model.init,
@@ -116,11 +129,12 @@ def prepare(cfg: DictConfig, cpus: float | None = None) -> Prepared:
         seed=cfg.seed,
     )
     update = build_update(
-        cfg["update"].name,  # cfg.update is DictConfig.update(), the dict method
+        update_name(cfg["update"]),  # cfg.update is DictConfig.update(), the dict method
         list(model.parameters()),
         lr=cfg.train.lr,
         momentum=cfg.train.momentum,
         weight_decay=cfg.train.weight_decay,
+        optimizer=parts.optimizer,
     )
     return Prepared(
         device=device,

@@ -1,0 +1,101 @@
+"""Your own parts: deeper networks by config and any `torch.optim` optimiser by `_target_`,
+each with everything looplab gives a run (params, the recorded config, `looplab reproduce`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from looplab.core.errors import ConfigError
+from looplab.launch.parts import parts_of
+from looplab.run.prepare import Parts, prepare
+
+LOOPLAB = str(Path(sys.executable).parent / "looplab")
+QUIET = ("tracking.enabled=false", "train.print_every=0", "train.dtype=float64")
+
+
+def losses(cfg, parts: Parts) -> list[float]:
+    ready = prepare(cfg, parts=parts)
+    return [e.metrics["train_loss"] for e in ready.fit(cfg.train.epochs, cfg.train.batch_size)]
+
+
+def test_update_adam_trains_with_adam_and_its_configured_arguments(make_config) -> None:
+    """Faults: `update._target_` ignored (the manual update trains instead), its arguments
+    dropped (Adam's defaults train), or train.lr not passed as its learning rate."""
+    overrides = ("update=adam", "update.betas=[0.8,0.95]", "train.lr=0.05", "train.epochs=30")
+    cfg = make_config(*QUIET, "dataset=iris", "model.hidden=[8,4]", *overrides)
+    ours = losses(cfg, parts_of(cfg))
+    by_hand = functools.partial(torch.optim.Adam, betas=(0.8, 0.95), eps=1e-8)
+    assert ours == losses(cfg, Parts(optimizer=by_hand))  # the same numbers, bit for bit
+    assert ours != losses(cfg, Parts(optimizer=torch.optim.Adam))  # its betas were used
+    assert ours[-1] < ours[0] * 0.8
+    sgd = make_config(*QUIET, "dataset=iris", "model.hidden=[8,4]", "update=sgd", "train.lr=0.05")
+    assert ours[:3] != losses(sgd, Parts())[:3]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (("update=adam", "+update.alpha=0.9"), ["does not take", "alpha", "betas, eps"]),
+        (("update=optim", "update._target_=torch.optim.Adamm"), ["Adamm", "importable"]),
+    ],
+)
+def test_an_optimiser_that_cannot_be_built_is_one_line_before_training(
+    make_config, overrides, words
+) -> None:
+    """Fault: a wrong target or argument found only after the run started (a FAILED run)."""
+    with pytest.raises(ConfigError) as error:
+        parts_of(make_config(*QUIET, *overrides))
+    assert all(word in str(error.value) for word in words), error.value
+
+
+def test_model_hidden_builds_every_layer_in_both_implementations(make_config) -> None:
+    """Faults: model.hidden ignored (the one-neuron model trains), a layer dropped, or the
+    hand-written network's names not the torch.nn twin's (model.pt would not load there)."""
+    shapes = {}
+    for impl in ("manual", "module"):
+        cfg = make_config(*QUIET, "dataset=digits", "model.hidden=[12,7,5]", f"model.impl={impl}")
+        state = prepare(cfg).model.state_dict()
+        shapes[impl] = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    assert shapes["manual"] == shapes["module"]
+    widths = [shape[0] for name, shape in sorted(shapes["manual"].items()) if "weight" in name]
+    assert widths == [12, 7, 5, 10]  # three hidden layers and digits' ten classes
+
+
+@pytest.mark.slow
+def test_a_deeper_network_with_adam_is_recorded_and_reproduced_bitwise(run_cli, tmp_path) -> None:
+    """The CLI as a user types it: params name the optimiser and its arguments, the run's name
+    says Adam, and `looplab reproduce` reruns it from the store to the last bit. Faults: the
+    recorded config loses `_target_` (the rerun trains with the manual update and differs),
+    or `update.*` arguments are not recorded."""
+    done = run_cli(
+        "dataset=iris", "model.hidden=[16,8]", "update=adam", "train.lr=0.01", "train.epochs=5"
+    )
+    assert done.returncode == 0, done.stderr
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
+    params = run.data.params
+    assert params["update"] == "torch.optim.Adam" and params["update.betas"] == "[0.9, 0.999]"
+    assert params["model.hidden"] == "[16, 8]" and "train.momentum" in params
+    assert run.info.run_name == "iris hidden=[16, 8] Adam epochs=5 lr=0.01"
+    again = subprocess.run(
+        [LOOPLAB, "reproduce", run.info.run_id, "--tracking-uri", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "bitwise identical" in again.stdout
+    assert json.loads(run.data.tags["looplab.choices"])["update"] == "adam"
