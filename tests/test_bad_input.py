@@ -42,7 +42,7 @@ CONFIG_CASES = {
         ["update=adam", "train.momentum=0.9"],
         ["train.momentum=0.9", "update=manual and update=sgd", "update.* keys"],
     ),
-    "optimiser-argument": (["update=adam", "+update.alpha=0.9"], ["does not take", "alpha"]),
+    "optimiser-argument": (["update=adam", "+update.alpha=0.9"], ["cannot take", "alpha"]),
     "optimiser-missing": (
         ["update=optim", "update._target_=torch.optim.Adamm"],
         ["update._target_=torch.optim.Adamm", "importable"],
@@ -74,7 +74,7 @@ CONFIG_CASES = {
     ),
     "sweep-bad-optimiser-argument": (
         ["-m", "update=adam,adamw", "+update.momentum=0.9"],
-        ["does not take", "momentum", "nothing ran"],
+        ["cannot take", "momentum", "nothing ran"],
     ),
     "sweep-bad-enum-parallel": (
         ["-m", "hydra/launcher=joblib", "model.activation=relu,gelu"],
@@ -204,7 +204,9 @@ def test_unreachable_server_fails_fast_before_training(
         result = run_cli("tracking=server", f"tracking.uri={uri}", "train.epochs=2")
         elapsed = time.monotonic() - started
     assert_one_clear_line(result, [uri])
-    assert elapsed < 15, f"took {elapsed:.1f} s"
+    # MLflow's own retries would take about 4 minutes; a loaded 2-core machine takes up to
+    # ~16 s to start the CLI and give up (5 s here when quiet): 60 s tells the two apart.
+    assert elapsed < 60, f"took {elapsed:.1f} s"
     assert "Epoch" not in result.stdout, "training started"
     assert not (tmp_path / "outputs").exists()
 

@@ -12,7 +12,8 @@ from omegaconf.errors import ValidationError
 
 from looplab.core.errors import ConfigError
 from looplab.core.paths import config_dir
-from looplab.core.schema import plain_config, validate
+from looplab.core.schema import plain_config
+from looplab.core.validate import validate
 from looplab.run.naming import flatten, params, run_name
 
 GROUPS = ["dataset", "update", "device", "experiment"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_update_adam_trains_with_adam_and_its_configured_arguments(make_config) 
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        (("update=adam", "+update.alpha=0.9"), ["does not take", "alpha", "betas, eps"]),
+        (("update=adam", "+update.alpha=0.9"), ["cannot take", "alpha", "betas, eps"]),
         (("update=optim", "update._target_=torch.optim.Adamm"), ["Adamm", "importable"]),
     ],
 )
@@ -99,3 +100,97 @@ def test_a_deeper_network_with_adam_is_recorded_and_reproduced_bitwise(run_cli, 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "bitwise identical" in again.stdout
     assert json.loads(run.data.tags["looplab.choices"])["update"] == "adam"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def a_users_folder(tmp_path: Path) -> Path:
+    """examples/ copied where a user keeps their project: their package, their conf/."""
+    folder = tmp_path / "project"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    return folder
+
+
+def looplab_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LOOPLAB, *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_a_users_own_network_and_optimiser_get_everything_a_built_in_gets(
+    run_cli, tmp_path
+) -> None:
+    """examples/ as a user's own folder: their package and their config directory (through
+    hydra.searchpath), a run, a sweep, model.pt, the recorded code, and reproduce (refused
+    until trusted, then bitwise; a changed package named). Faults: model._target_ ignored
+    (the built-in network trains), its keys not passed, the user's group option refused by
+    the schema, user code rerun without consent, a changed package not noticed."""
+    folder = a_users_folder(tmp_path)
+    user = ("hydra.searchpath=[file://conf]", "experiment=digits_cnn", "train.epochs=3")
+    done = run_cli(*user, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    sweep = run_cli("-m", *user, "model.channels=4,8", cwd=folder)
+    assert sweep.returncode == 0, sweep.stderr
+    assert "sweep: 2 of 2 jobs finished" in sweep.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{folder / 'outputs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("looplab").experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "digits_cnn epochs=3"
+    params = run.data.params
+    assert params["model._target_"] == "looplab_examples.nets.SmallCNN"
+    assert params["model.channels"] == "6" and "model.width" not in params
+    assert params["update"] == "looplab_examples.optim.ClippedSGD"
+    code = json.loads(run.data.tags["looplab.code"])
+    assert list(code) == ["looplab_examples"] and code["looplab_examples"].startswith("sha256:")
+    jobs = [r for r in runs if r.data.tags.get("looplab.role") == "job"]
+    assert sorted(r.data.params["model.channels"] for r in jobs) == ["4", "8"]
+    state = torch.load(next(folder.glob("outputs/runs/*/*/model.pt")), weights_only=True)
+    assert state["features.0.weight"].shape == (6, 1, 3, 3)  # the CNN's, with channels=6
+
+    refused = looplab_in(folder, "reproduce", run.info.run_id)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "--trust looplab_examples" in refused.stderr
+    trusted = looplab_in(folder, "reproduce", run.info.run_id, "--trust", "looplab_examples")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert "bitwise identical" in trusted.stdout and "has changed" not in trusted.stderr
+    with (folder / "looplab_examples" / "nets.py").open("a") as source:
+        source.write("# edited since the run\n")
+    edited = looplab_in(folder, "reproduce", run.info.run_id, "--trust", "looplab_examples")
+    assert "note: looplab_examples has changed since run" in edited.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (("model.width=8",), ["model.width=8", "looplab's own network"]),
+        (("model._target_=looplab_examples.nets.Nope",), ["Nope", "importable"]),
+        (("model._target_=torch.nn.Linear",), ["cannot take", "n_features and n_outputs"]),
+    ],
+)
+def test_a_users_model_that_cannot_be_built_is_one_line(
+    make_config, monkeypatch, overrides, words
+) -> None:
+    """Faults: a built-in key silently ignored beside the user's model, or a target that is
+    missing or takes other arguments found only once the run has started."""
+    from looplab.core.validate import validate
+
+    monkeypatch.chdir(EXAMPLES)  # the user's folder: their package is importable from it
+    cfg = make_config(*QUIET, "+model._target_=looplab_examples.nets.SmallCNN", *overrides)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+        parts_of(cfg)
+    assert all(word in str(error.value) for word in words), error.value

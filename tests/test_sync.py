@@ -33,7 +33,8 @@ def test_tracking_offline_and_wait_s_reach_the_tracker(tmp_path: Path) -> None:
     from conftest import compose_raw
 
     from looplab.core.errors import ConfigError
-    from looplab.core.schema import plain_config, validate
+    from looplab.core.schema import plain_config
+    from looplab.core.validate import validate
     from looplab.tracking import OfflineTracker, Tracker, start_tracker
 
     offline = start_tracker(plain_config(compose_raw(*OFFLINE), launch_dir=tmp_path))

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from looplab.run.tags import CHOICES
+from looplab.run.tags import CHOICES, CODE
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -32,6 +32,7 @@ RECORDED_TAGS = (
     "looplab.data.digest",
     "looplab.data.sha256",
     "looplab.device",
+    CODE,
 )
 
 

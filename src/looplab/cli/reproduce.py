@@ -32,7 +32,7 @@ from looplab.cli.differences import (
     text_table,
 )
 from looplab.core.errors import EXIT_FAILED, TrackingError
-from looplab.run.tags import CHOICES, OVERRIDES, ROLE, RUN_NAME
+from looplab.run.tags import CHOICES, CODE, OVERRIDES, ROLE, RUN_NAME
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -66,6 +66,14 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="REL",
         help="largest relative difference taken as equal (default: 0, bitwise)",
+    )
+    reproduce.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="let the run's model or update name classes of your own PACKAGE (model._target_"
+        "=PACKAGE.nets.Net): they are imported and run; without it, the rerun is refused",
     )
     reproduce.set_defaults(run=reproduce_command)
 
@@ -105,7 +113,9 @@ def reproduce_command(args: argparse.Namespace) -> int:
     uri, experiment = args.tracking_uri, args.experiment
     original = reader.get_run(uri, experiment, args.run_id)
     _check_reproducible(original, compared=not args.changes)
-    recorded = from_record(records.config_text(uri, original), f"config.yaml of run {args.run_id}")
+    source = f"config.yaml of run {args.run_id}"
+    recorded = from_record(records.config_text(uri, original), source, args.trust)
+    note_changed_code(original, recorded)
     edited = edited_keys(original, recorded)
     cfg = with_overrides(recorded, list(args.changes)) if args.changes else recorded
     tag = DERIVED_FROM if args.changes else REPRODUCED_FROM
@@ -133,6 +143,27 @@ def reproduce_command(args: argparse.Namespace) -> int:
     epochs = max((len(points) for points in reproduced.values()), default=0)
     print(report(original, new, differences, edited, args.tolerance, epochs))
     return EXIT_FAILED if differences or new.info.status != original.info.status else 0
+
+
+def note_changed_code(run: Run, cfg: DictConfig) -> None:
+    """Say which of the user's packages the run used have changed since (by the digest of
+    their sources, `looplab.code`): a rerun then trains today's code, not the run's."""
+    from looplab.launch.parts import code_record
+
+    try:
+        then = json.loads(run.data.tags.get(CODE, "{}"))
+    except json.JSONDecodeError:
+        then = {}
+    targets = [str(cfg[key]._target_) for key in ("model", "update") if "_target_" in cfg[key]]
+    now = code_record(targets) if then else {}
+    for package, recorded in sorted(then.items()):
+        if now.get(package) != recorded:
+            print(
+                f"note: {package} has changed since run {run.info.run_id}: "
+                f"{recorded} then, {now.get(package, 'not found')} now; the rerun trains "
+                "it as it is now",
+                file=sys.stderr,
+            )
 
 
 def asked_for(run: Run, changes: list[str]) -> dict[str, str]:

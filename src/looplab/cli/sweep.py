@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from looplab.core.errors import LooplabError
 from looplab.core.schema import plain_config
 from looplab.launch.jobs import DONE, JobRecord, read_job_records, sweep_id
+from looplab.launch.schema import searched
 from looplab.launch.sweep import (
     SweepFailed,
     SweepRefused,
@@ -70,7 +71,7 @@ class SweepCallback(Callback):
         jobs, swept = enumerate_jobs(lines)
         if "grid" in str(config.hydra.sweeper.get("_target_", "")):
             refuse_intervals(jobs, swept)
-        check_jobs(config.hydra.job.config_name, jobs)
+        check_jobs(config.hydra.job.config_name, jobs, searched(config.hydra.searchpath))
         refuse_slurm_elsewhere(str(config.hydra.launcher.get("_target_", "")))
         settings = plain_config(job_part(config))
         SweepCallback._running = (os.getpid(), self, config)

@@ -40,8 +40,9 @@ from looplab.core.errors import (
     Terminated,
 )
 from looplab.core.paths import config_dir
-from looplab.core.schema import plain_config, validate
+from looplab.core.schema import plain_config
 from looplab.core.signals import ALL_STOPS, stops_raise, while_closing
+from looplab.core.validate import validate
 from looplab.launch.jobs import SweepJob, records_its_jobs
 from looplab.launch.parts import parts_of
 from looplab.launch.schema import baseline, register
@@ -172,7 +173,7 @@ def train_job(cfg: DictConfig) -> float:
         from looplab.run.reporting import ConsoleReport
 
         preset = hydra_config.runtime.choices.get("experiment")
-        name = run_name(plain, baseline(preset), preset)
+        name = run_name(plain, baseline(preset, tuple(hydra_config.searchpath)), preset)
         tags: dict[str, str] = {}
         console = None
         if job is not None:

@@ -148,6 +148,20 @@ def build_model(
     raise ConfigError(f"model.impl={impl} is not allowed: choose one of manual, module")
 
 
+def user_model(
+    factory: Callable[..., nn.Module], n_features: int, n_outputs: int, dtype: torch.dtype
+) -> nn.Module:
+    """The user's own network (`model._target_`, its keys bound by the Hydra side), called
+    with the data's input and output sizes, in the run's dtype. Its output is checked as a
+    built-in's is: (N, classes) logits, or (N, 1) for a binary or regression target."""
+    model = factory(n_features=n_features, n_outputs=n_outputs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model._target_ returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model.to(dtype=dtype)
+
+
 def check_shapes(prediction: Tensor, target: Tensor, task: TaskKind) -> None:
     """Refuse shapes that would broadcast, like the tutorial's (N, 1) against (N,)."""
     if task == "multiclass":

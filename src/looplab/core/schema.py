@@ -1,14 +1,17 @@
-"""The config schema (dataclasses), its range checks, and the plain config a run is given.
+"""The config schema (dataclasses), the plain config a run is given, and how a config error
+is worded for the user.
 
 Hydra merges `conf/` on top of these dataclasses (see `looplab.launch.schema`), so a wrong
-type or an option outside an enum fails at composition time; `validate` adds what a type
-cannot express. Neither Hydra nor MLflow is imported here: the core knows OmegaConf only.
+type or an option outside an enum fails at composition time; `core.validate` adds what a
+type cannot express. `model` and `update` are typed Any, so that a node naming the user's
+own class (`_target_`) fits; without one, `plain_config` holds them to their built-in
+schema (`BUILTIN`). Neither Hydra nor MLflow is imported here: the core knows OmegaConf only.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
@@ -16,6 +19,12 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from looplab.core.errors import ConfigError
 from looplab.core.paths import PACKAGE_PREFIX, default_store_uri
@@ -130,7 +139,8 @@ class TrackingConfig:
 @dataclass
 class LooplabConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # ModelConfig's keys (conf/train.yaml), or `{_target_: your.Module, ...its keys}`.
+    model: Any = field(default_factory=dict)
     # `{name: manual|sgd}` (UpdateConfig), or `{_target_: torch.optim.CLASS, ...its arguments}`:
     # empty here, so that the chosen `update=` file is the whole node.
     update: Any = field(default_factory=dict)
@@ -138,6 +148,22 @@ class LooplabConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 42
+
+
+# The schema of each node typed Any above when it names no `_target_`.
+BUILTIN: dict[str, type] = {"model": ModelConfig, "update": UpdateConfig}
+
+
+@dataclass
+class _Builtins:
+    """The built-in nodes, typed: what `plain_config` merges them onto (errors name the key)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def has_target(node: Any) -> bool:
+    """Whether a config node names a class or function to call (`_target_`, as Hydra's)."""
+    return isinstance(node, DictConfig | dict) and "_target_" in node
 
 
 def hidden_widths(width: int, hidden: Sequence[int] | None = None) -> list[int]:
@@ -153,52 +179,6 @@ def update_name(update: Any) -> str:
     return str(update.get("_target_") or update.get("name"))
 
 
-# The keys a `_target_` update may not set: looplab passes them itself.
-PASSED_BY_LOOPLAB = {"lr": "train.lr is its learning rate", "params": "looplab passes the model's"}
-
-
-def check_update(update: Any, train: Any) -> None:
-    """`update`: a built-in (`name`: manual or sgd) or a `torch.optim`-like class (`_target_`,
-    its arguments beside it; the Hydra side finds it). `train.momentum` and
-    `train.weight_decay` belong to the built-ins: an optimiser takes its own as update.*."""
-    choose = (
-        "choose one of manual, sgd, or an optimiser: update=adam, update=adamw, "
-        "update=optim update._target_=torch.optim.CLASS"
-    )
-    target = update.get("_target_")
-    if target is None:
-        _require(update.get("name") in set(UpdateName), "update.name", update.get("name"), choose)
-        for key in update:
-            if key != "name":
-                raise ConfigError(
-                    f"unknown key update.{key}: update={update.name} has only update.name; an "
-                    "optimiser's own arguments go beside update._target_ (update=optim)"
-                )
-        return
-    for key, why in PASSED_BY_LOOPLAB.items():
-        _require(key not in update, f"update.{key}", update.get(key), why)
-    _require(
-        "name" not in update,
-        "update.name",
-        update.get("name"),
-        f"update._target_={target} is the update",
-    )
-    for key, unset in (("momentum", 0.0), ("weight_decay", 0.0)):
-        value = train[key]
-        _require(
-            value == unset,
-            f"train.{key}",
-            value,
-            f"it is for update=manual and update=sgd; {target} takes its own arguments as "
-            f"update.* keys (+update.{key}={value})",
-        )
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value} is not allowed: {allowed}")
-
-
 def _schema_of(key: str) -> type | None:
     """The dataclass that holds `key` (`model.width` -> ModelConfig), or None if none does."""
     schema: type = LooplabConfig
@@ -206,9 +186,10 @@ def _schema_of(key: str) -> type | None:
         if not is_dataclass(schema):
             return None
         hints = get_type_hints(schema)
-        if part not in hints or not is_dataclass(hints[part]):
+        inner = hints.get(part) if is_dataclass(hints.get(part)) else BUILTIN.get(part)
+        if inner is None:
             return None
-        schema = hints[part]
+        schema = inner
     return schema
 
 
@@ -230,111 +211,48 @@ def unknown_key_message(key: str) -> str:
     return f"unknown key {key}: {hint}{where} only {', '.join(known)}"
 
 
-_type_hints = functools.cache(get_type_hints)
-
-
-def _check_keys(node: Any, schema: type, prefix: str = "") -> None:
-    """Reject keys outside the schema, e.g. a typo added with `+model.widht=3`."""
-    hints = _type_hints(schema)
-    for key in node:
-        full = f"{prefix}{key}"
-        if key not in hints:
-            raise ConfigError(unknown_key_message(full))
-        if is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
-            _check_keys(node[key], hints[key], f"{full}.")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check a `plain_config` in one place, before anything runs.
-
-    Types and enums are checked by Hydra against the schema; this adds unknown keys and the
-    ranges a type cannot express. Raise ConfigError naming the key, the bad value and what
-    is allowed.
-    """
-    _check_keys(cfg, LooplabConfig)
-    check_update(cfg["update"], cfg.train)  # cfg.update is DictConfig's own method
-    train, model, dataset = cfg.train, cfg.model, cfg.dataset
-    _require(train.lr > 0, "train.lr", train.lr, "it must be > 0")
-    _require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
-    _require(
-        train.batch_size is None or train.batch_size >= 1,
-        "train.batch_size",
-        train.batch_size,
-        "it must be >= 1, or null for full batch",
-    )
-    _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "it must be in [0, 1)")
-    _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
-    _require(train.print_every >= 0, "train.print_every", train.print_every, "it must be >= 0")
-    _require(
-        train.threads is None or train.threads >= 1,
-        "train.threads",
-        train.threads,
-        "it must be >= 1, or null for the CPUs the job was given",
-    )
-    _require(model.width >= 0, "model.width", model.width, "it must be >= 0 (0 = one neuron)")
-    if model.hidden is not None:
-        shown = f"[{','.join(map(str, model.hidden))}]"
-        _require(
-            all(w >= 1 for w in model.hidden),
-            "model.hidden",
-            shown,
-            "every hidden layer's width must be >= 1 ([] for no hidden layer)",
-        )
-        _require(
-            model.width == 0,
-            "model.hidden",
-            shown,
-            f"it gives every hidden layer's width, and model.width={model.width} gives one: "
-            "set one of them (model.width=0 with model.hidden)",
-        )
-    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "it must be in [0, 2**32)")
-    _require(
-        0 < dataset.test_size < 1,
-        "dataset.test_size",
-        dataset.test_size,
-        "it must be between 0 and 1, exclusive",
-    )
-    _require(
-        model.loss != Loss.tutorial or model.impl == Impl.manual,
-        "model.loss",
-        model.loss,
-        "the tutorial's clamped loss has no torch.nn twin; use it with model.impl=manual",
-    )
-    _require(
-        bool(cfg.tracking.experiment),
-        "tracking.experiment",
-        "''",
-        "it must name an MLflow experiment",
-    )
-    _require(
-        cfg.tracking.wait_s >= 0,
-        "tracking.wait_s",
-        cfg.tracking.wait_s,
-        "it must be >= 0 seconds (0 = do not wait for a store that is away)",
-    )
-    if dataset.name != "csv":
-        _refuse_csv_keys(dataset)
+def hold_model(plain: DictConfig) -> None:
+    """In place: the built-in model typed as its schema would (an OmegaConf ValidationError
+    names the key); the user's own (`model._target_`) without the built-in keys left at their
+    defaults, which mean nothing to it."""
+    if has_target(plain.model):
+        unset = OmegaConf.structured(ModelConfig)
+        for key in [k for k in plain.model if k in unset and plain.model[k] == unset[k]]:
+            del plain.model[key]
     else:
-        if dataset.path is None:
-            raise ConfigError("dataset.path is missing: dataset=csv needs dataset.path=FILE.csv")
-        if dataset.target is None:
-            raise ConfigError("dataset.target is missing: dataset=csv needs dataset.target=COLUMN")
+        typed = OmegaConf.merge(OmegaConf.structured(_Builtins), {"model": plain.model})
+        plain.model = OmegaConf.to_container(typed.model, enum_to_str=True)
 
 
-# The keys that only `dataset=csv` reads, with the value that means "not set".
-CSV_ONLY_KEYS = {"path": None, "target": None, "drop": [], "sep": ",", "encoding": "utf-8"}
+def _allowed(message: str) -> str:
+    """What OmegaConf's type check allows, in a user's words."""
+    checks = [
+        (r"expected one of \[(.*)\]", lambda m: f"choose one of {m.group(1)}"),
+        (r"converted to Integer", lambda m: "it must be an integer"),
+        (r"converted to Float", lambda m: "it must be a number"),
+        (r"not a valid bool", lambda m: "it must be true or false"),
+        (r"is not a ListConfig", lambda m: "it must be a list, e.g. [a,b]"),
+        (r"is not Optional", lambda m: "it cannot be null"),
+        (r"is not a subclass of (\w+)", lambda m: "it is a group of keys; set one key in it"),
+    ]
+    for pattern, wording in checks:
+        found = re.search(pattern, message)
+        if found:
+            return wording(found)
+    return message
 
 
-def _refuse_csv_keys(dataset: DictConfig) -> None:
-    """A built-in data set ignores the CSV keys: refuse them rather than ignore them silently."""
-    for key, unset in CSV_ONLY_KEYS.items():
-        value = dataset.get(key)
-        if value is not None and value != unset and not (unset == [] and len(value) == 0):
-            shown = f"[{','.join(map(str, value))}]" if key == "drop" else value
-            raise ConfigError(
-                f"dataset.{key}={shown} is not allowed: dataset={dataset.name} is built in; "
-                "dataset.path, target, drop, sep and encoding are for dataset=csv"
-            )
+def omegaconf_message(error: OmegaConfBaseException) -> str:
+    """One line for OmegaConf's type or key error: the key, the bad value, what is allowed."""
+    key = error.full_key or "?"
+    text = error.msg or str(error)
+    message = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if isinstance(error, ConfigAttributeError | ConfigKeyError) and message.startswith("Key "):
+        return unknown_key_message(key)
+    if isinstance(error, ValidationError):
+        value = "null" if error.value is None else error.value
+        return f"{key}={value} is not allowed: {_allowed(message)}"
+    return f"{key}: {message}"
 
 
 def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
@@ -349,6 +267,7 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
             "(a running `mlflow server`, e.g. one started with `looplab server`)"
         )
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    hold_model(plain)
     if plain.tracking.enabled and not plain.tracking.uri:
         plain.tracking.uri = default_store_uri(launch_dir)
     path = plain.dataset.get("path")

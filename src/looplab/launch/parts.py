@@ -1,13 +1,23 @@
-"""What a config names by `_target_` (today: an optimiser, `update._target_`), found with
-Hydra's own `instantiate` on the Hydra side and handed to the run as `run.prepare.Parts`.
+"""What a config names by `_target_` (an optimiser, `update._target_`; the user's own network,
+`model._target_`), found with Hydra's own `instantiate` on the Hydra side and handed to the
+run as `run.prepare.Parts`.
 
-Found before anything runs (a job, and every job of a sweep in its whole-sweep check), so
-a target that is not there, or an argument it does not take, is one line and no run.
+Found before anything runs (a job, and every job of a sweep in its whole-sweep check), so a
+target that is not there, or an argument it does not take, is one line and no run. The
+launch directory is importable, as `python -m` makes the current one: a user's package
+beside their configs needs no install. Each user package a run uses is recorded by a
+digest of its sources (`code_record`), so that `looplab reproduce` can say it changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.metadata
 import inspect
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -17,36 +27,50 @@ from omegaconf import DictConfig
 from looplab.core.errors import ConfigError
 from looplab.run.prepare import Parts
 
+# What each part is called with, beside its config's own keys.
+CALLED_WITH = {"update": ("params", "lr"), "model": ("n_features", "n_outputs")}
+# Packages that are looplab's own or its pinned dependencies: no user code to record.
+NOT_USER_CODE = ("torch", "looplab", "hydra_plugins")
+
 
 def parts_of(cfg: DictConfig) -> Parts:
     """The `Parts` of a plain config: each `_target_` found, its arguments checked."""
-    update = cfg["update"]  # cfg.update is DictConfig's own method
-    if "_target_" not in update:
+    found = {}
+    for key in CALLED_WITH:
+        node = cfg[key]  # cfg.update is DictConfig's own method
+        if "_target_" in node:
+            found[key] = _partial(key, node)
+    if not found:
         return Parts()
-    return Parts(optimizer=_optimizer(update))
+    targets = [str(cfg[key]._target_) for key in found]
+    return Parts(optimizer=found.get("update"), model=found.get("model"), code=code_record(targets))
 
 
-def _optimizer(update: DictConfig) -> Any:
-    """`update._target_` with its arguments bound: called later with (parameters, lr=...)."""
-    target = update._target_
+def _partial(key: str, node: DictConfig) -> Any:
+    """`node._target_` with its config's keys bound, checked against what looplab will call it
+    with (`CALLED_WITH`)."""
+    target = node._target_
+    _importable_here()
     try:
-        factory = instantiate(update, _partial_=True, _convert_="all")
+        factory = instantiate(node, _partial_=True, _convert_="all")
     except InstantiationException as error:
+        example = "torch.optim.RMSprop" if key == "update" else "mypackage.nets.SmallCNN"
         raise ConfigError(
-            f"update._target_={target} cannot be used: {_why(error)} (a torch.optim class such "
-            "as torch.optim.RMSprop, or one importable from your own package)"
+            f"{key}._target_={target} cannot be used: {_why(error)} (a class or function "
+            f"such as {example}, importable from the launch directory or an installed package)"
         ) from None
     try:
         signature = inspect.signature(factory.func)
-    except (TypeError, ValueError):  # a builtin without a signature: torch checks at the call
+    except (TypeError, ValueError):  # a builtin without a signature: checked at the call
         return factory
+    first, second = CALLED_WITH[key]
     try:
-        signature.bind([], lr=1.0, **factory.keywords)
+        signature.bind(**{first: None, second: 1.0}, **factory.keywords)
     except TypeError as error:
-        takes = [n for n in signature.parameters if n not in ("self", "params", "lr")]
+        takes = [n for n in signature.parameters if n not in ("self", first, second)]
         raise ConfigError(
-            f"update._target_={target} does not take these arguments ({error}): it takes "
-            f"{', '.join(takes) or 'none but the parameters and lr'}"
+            f"{key}._target_={target} cannot take its arguments ({error}): looplab calls it "
+            f"with {first} and {second}, and {key}.* keys for {', '.join(takes) or 'nothing else'}"
         ) from None
     return factory
 
@@ -58,3 +82,36 @@ def _why(error: InstantiationException) -> str:
         return str(error).split(",")[0]
     lines = [line.strip() for line in str(error.__cause__).splitlines() if line.strip()]
     return lines[-1] if lines else type(error.__cause__).__name__
+
+
+def _importable_here() -> None:
+    """The launch directory on the import path, as `python -m` puts the current one."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
+def code_record(targets: list[str]) -> dict[str, str]:
+    """{package: "sha256:<digest of its .py sources> <version>"} for each user package the
+    targets name: what `looplab reproduce` compares to say the code changed since."""
+    record = {}
+    _importable_here()
+    for package in sorted({t.split(".")[0] for t in targets} - set(NOT_USER_CODE)):
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            record[package] = "not importable here"
+            continue
+        files = sorted(Path(p) for p in getattr(module, "__path__", []))
+        sources = [f for folder in files for f in sorted(folder.rglob("*.py"))]
+        if not sources and getattr(module, "__file__", None):
+            sources = [Path(module.__file__)]
+        digest = hashlib.sha256()
+        for source in sources:
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        record[package] = f"sha256:{digest.hexdigest()[:16]} {version}"
+    return record

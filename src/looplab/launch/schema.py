@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from hydra import compose
 from hydra.core.config_store import ConfigStore
@@ -20,8 +21,16 @@ def register() -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def baseline(preset: str | None) -> DictConfig:
+def baseline(preset: str | None, searchpath: tuple[str, ...] = ()) -> DictConfig:
     """The config with no overrides but the preset: what a run's name is told apart from.
-    A memo of one compose per preset (needs Hydra initialised, as in a job or a test)."""
+    A memo of one compose per preset (needs Hydra initialised, as in a job or a test);
+    `searchpath`: the run's `hydra.searchpath`, where a user's own preset may be."""
     overrides = [f"experiment={preset}"] if preset else []
-    return plain_config(compose(config_name="train", overrides=overrides))
+    return plain_config(compose(config_name="train", overrides=overrides + searched(searchpath)))
+
+
+def searched(searchpath: Any) -> list[str]:
+    """The override that gives a compose of our own the run's `hydra.searchpath` (a user's
+    config folders), which Hydra's `compose` does not take from the command line."""
+    paths = [str(path) for path in searchpath or ()]
+    return [f"hydra.searchpath=[{','.join(paths)}]"] if paths else []

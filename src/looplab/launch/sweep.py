@@ -16,7 +16,8 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from looplab.core.errors import LooplabError
-from looplab.core.schema import plain_config, validate
+from looplab.core.schema import plain_config
+from looplab.core.validate import validate
 from looplab.launch.overrides import Compositions, parse
 from looplab.launch.parts import parts_of
 from looplab.launch.wording import describe
@@ -90,10 +91,13 @@ def refuse_intervals(jobs: list[list[Choice]], swept: list[str]) -> None:
         )
 
 
-def check_jobs(config_name: str, jobs: list[list[Choice]]) -> None:
+def check_jobs(config_name: str, jobs: list[list[Choice]], extra: list[str] = ()) -> None:
     """Compose and validate every job before the first one runs, each as looplab's launcher
-    will compose it (`Compositions`): jobs that differ only in values share a composition."""
-    configs = Compositions(lambda lines: compose(config_name=config_name, overrides=lines))
+    will compose it (`Compositions`): jobs that differ only in values share a composition.
+    `extra`: Hydra settings every compose needs (the run's `hydra.searchpath`)."""
+    configs = Compositions(
+        lambda lines: compose(config_name=config_name, overrides=[*lines, *extra])
+    )
     for job in jobs:
         try:
             plain = plain_config(configs.job_config([c.text for c in job]))

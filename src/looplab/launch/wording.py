@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from hydra.errors import MissingConfigException, OverrideParseException
-from omegaconf.errors import (
-    ConfigAttributeError,
-    ConfigKeyError,
-    OmegaConfBaseException,
-    ValidationError,
-)
+from omegaconf.errors import OmegaConfBaseException
 
-from looplab.core.schema import unknown_key_message
+from looplab.core.schema import omegaconf_message
 
 # Launchers that come with one of looplab's extras: the extra, and how to install it.
 _SLURM = ("slurm", "PIP_CONSTRAINT=constraints.txt .venv/bin/pip install -e '.[slurm]'")
@@ -27,24 +20,6 @@ LAUNCHER_EXTRAS = {
 
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def _allowed(message: str) -> str:
-    """What OmegaConf's type check allows, in a user's words."""
-    checks = [
-        (r"expected one of \[(.*)\]", lambda m: f"choose one of {m.group(1)}"),
-        (r"converted to Integer", lambda m: "it must be an integer"),
-        (r"converted to Float", lambda m: "it must be a number"),
-        (r"not a valid bool", lambda m: "it must be true or false"),
-        (r"is not a ListConfig", lambda m: "it must be a list, e.g. [a,b]"),
-        (r"is not Optional", lambda m: "it cannot be null"),
-        (r"is not a subclass of (\w+)", lambda m: "it is a group of keys; set one key in it"),
-    ]
-    for pattern, wording in checks:
-        found = re.search(pattern, message)
-        if found:
-            return wording(found)
-    return message
 
 
 def describe(error: BaseException) -> str:
@@ -64,14 +39,7 @@ def describe(error: BaseException) -> str:
         )
     cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
     if isinstance(cause, OmegaConfBaseException):
-        key = cause.full_key or "?"
-        message = _first_line(cause.msg or str(cause))
-        if isinstance(cause, ConfigAttributeError | ConfigKeyError) and message.startswith("Key "):
-            return unknown_key_message(key)
-        if isinstance(cause, ValidationError):
-            value = "null" if cause.value is None else cause.value
-            return f"{key}={value} is not allowed: {_allowed(message)}"
-        return f"{key}: {message}"
+        return omegaconf_message(cause)
     lines = []
     for line in str(error).splitlines():
         if line.strip().endswith("search path:") or line.strip() == "Search path:":

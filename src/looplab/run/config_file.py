@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from looplab.core.errors import ConfigError
 from looplab.core.paths import config_dir
-from looplab.core.schema import LooplabConfig, validate
+from looplab.core.schema import LooplabConfig, hold_model
+from looplab.core.validate import validate
 
 # What says where a run is recorded, not what it is: left out of its config.yaml and identity.
 WHERE_KEYS = ("uri",)
@@ -75,8 +77,9 @@ def _hydra_settings() -> tuple[list[Any], dict[str, Any]]:
 TRUSTED_TARGETS = ("looplab.", "hydra_plugins.looplab_", "torch.optim.")
 
 
-def from_record(text: str, source: str = "config.yaml") -> DictConfig:
+def from_record(text: str, source: str = "config.yaml", trusted: Sequence[str] = ()) -> DictConfig:
     """A run's recorded `config.yaml`, read as data, never as code, as a plain config.
+    `trusted`: the user's own packages its model or update may name (`--trust`).
 
     Plain YAML only (`yaml.safe_load`: no Python tags); no `${...}` interpolations outside its
     `hydra` part (a recorded config is resolved); no `_target_` outside `TRUSTED_TARGETS`;
@@ -94,10 +97,13 @@ def from_record(text: str, source: str = "config.yaml") -> DictConfig:
     if not isinstance(document, dict):
         raise ConfigError(f"{source} is not a mapping of config keys")
     for where, value in _leaves(document):
-        if where.endswith("_target_") and not str(value).startswith(TRUSTED_TARGETS):
+        package = str(value).split(".")[0]
+        mine = not where.startswith("hydra.") and package in trusted  # the user said so
+        if where.endswith("_target_") and not (str(value).startswith(TRUSTED_TARGETS) or mine):
+            hint = "" if where.startswith("hydra.") else f" (trust it: --trust {package})"
             raise ConfigError(
                 f"{source} names an import target outside looplab ({where}={value}): refused, "
-                "a run's artifacts are data, never code"
+                f"a run's artifacts are data, never code, unless you trust its package{hint}"
             )
         if isinstance(value, str) and "${" in value and not where.startswith("hydra."):
             raise ConfigError(
@@ -114,12 +120,13 @@ def checked(body: dict[str, Any], source: str) -> DictConfig:
 
     try:
         merged = OmegaConf.merge(OmegaConf.structured(LooplabConfig), body)
+        plain = OmegaConf.create(OmegaConf.to_container(merged, resolve=True, enum_to_str=True))
+        hold_model(plain)
     except OmegaConfBaseException as error:
         message = str(error).strip().splitlines()[0]
         raise ConfigError(
             f"{source} does not match looplab's schema at {error.full_key or '?'}: {message}"
         ) from None
-    plain = OmegaConf.create(OmegaConf.to_container(merged, resolve=True, enum_to_str=True))
     validate(plain)
     return plain
 

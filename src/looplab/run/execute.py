@@ -7,6 +7,7 @@ Hydra nor MLflow, so tests and `make bench` call it with any composed config.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,8 +26,9 @@ from looplab.core.errors import (
 )
 from looplab.core.loop import EpochResult
 from looplab.core.paths import shown
-from looplab.core.schema import update_name, validate
+from looplab.core.schema import update_name
 from looplab.core.signals import stops_raise, while_closing
+from looplab.core.validate import validate
 from looplab.run import tags as tag
 from looplab.run.config_file import rerunnable
 from looplab.run.naming import identity, params, run_name
@@ -157,6 +159,8 @@ def _execute(
             **environment_tags(),
             **extra_tags,
         }
+        if parts is not None and parts.code:
+            tags[tag.CODE] = json.dumps(parts.code, sort_keys=True)
         tracker.start_run(
             name,
             run_params,

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from looplab.core.schema import hidden_widths
+from looplab.core.schema import has_target, hidden_widths
 
 
 def identity(cfg: DictConfig) -> str:
@@ -49,6 +49,8 @@ def params(cfg: DictConfig) -> dict[str, str]:
     `model.hidden` (the tutorial's `model.width` says the one hidden layer).
     """
     flat = flatten(cfg)
+    if has_target(cfg.model):  # the user's own network: its keys are all its own
+        return flat
     if not hidden_widths(cfg.model.width, cfg.model.hidden):
         flat.pop("model.activation", None)
     if cfg.model.get("hidden") is None:
@@ -80,9 +82,9 @@ def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:
             continue
         if key == "dataset.path":
             words.append(data_name(cfg))
-        elif key == "update._target_":  # an optimiser: its class (its arguments are params)
+        elif key.endswith("._target_"):  # an optimiser, a network: its class (its keys: params)
             words.append(value.rsplit(".", 1)[-1])
-        elif key.startswith("update.") and "update._target_" in ours:
+        elif f"{key.split('.')[0]}._target_" in ours:
             continue
         elif key.endswith(".name"):
             words.append(value)

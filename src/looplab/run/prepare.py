@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from omegaconf import DictConfig
@@ -14,7 +14,7 @@ from looplab.core import data as datasets
 from looplab.core import tables
 from looplab.core.device import resolve_device, step_work
 from looplab.core.loop import EpochCallback, EpochResult, fit
-from looplab.core.model import LossFn, build_model, loss_function, quality
+from looplab.core.model import LossFn, build_model, loss_function, quality, user_model
 from looplab.core.schema import hidden_widths, update_name
 from looplab.core.update import OptimizerFactory, Updater, build_update
 
@@ -51,6 +51,8 @@ class Parts:
     handed down, so that this layer and the core never import Hydra."""
 
     optimizer: OptimizerFactory | None = None
+    model: Callable[..., torch.nn.Module] | None = None  # called (n_features=, n_outputs=)
+    code: dict[str, str] = field(default_factory=dict)  # user package -> digest and version
 
 
 @dataclass
@@ -105,29 +107,37 @@ def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = No
     split = datasets.split_and_scale(
         read.features, read.labels, cfg.dataset.test_size, cfg.seed, cfg.dataset.task
     )
+    mine = parts.model is not None  # the user's own network (model._target_)
+    if mine:  # built on the CPU, in the run's dtype, from torch's seeded generator
+        model = user_model(parts.model, split.n_features, split.n_outputs, dtype)
+        weights = sum(p.numel() for p in model.parameters())
+    else:
+        hidden = hidden_widths(cfg.model.width, cfg.model.hidden)
+        weights = step_work(1, split.n_features, split.n_outputs, hidden)
     if cfg.device.name == "auto":
         n_train = len(split.y_train)
         rows_a_step = min(cfg.train.batch_size or n_train, n_train)
-        hidden = hidden_widths(cfg.model.width, cfg.model.hidden)
-        work = step_work(rows_a_step, split.n_features, split.n_outputs, hidden)
-        device, device_reason = resolve_device("auto", work)
+        device, device_reason = resolve_device("auto", rows_a_step * weights)
     tensors = datasets.to_device(split, device, dtype)
     task, target_std = split.task, split.target_std
     # Keep the description, drop the float64 NumPy copy: only the device tensors train.
     info = replace(split, x_train=split.x_train[:0], x_val=split.x_val[:0])
     del split
-    model = build_model(
-        info.n_features,
-        info.n_outputs,
-        width=cfg.model.width,
-        hidden=cfg.model.hidden,
-        activation=cfg.model.activation,
-        impl=cfg.model.impl,
-        init=cfg.model.init,
-        dtype=dtype,
-        device=device,
-        seed=cfg.seed,
-    )
+    if mine:
+        model = model.to(device)
+    else:
+        model = build_model(
+            info.n_features,
+            info.n_outputs,
+            width=cfg.model.width,
+            hidden=cfg.model.hidden,
+            activation=cfg.model.activation,
+            impl=cfg.model.impl,
+            init=cfg.model.init,
+            dtype=dtype,
+            device=device,
+            seed=cfg.seed,
+        )
     update = build_update(
         update_name(cfg["update"]),  # cfg.update is DictConfig.update(), the dict method
         list(model.parameters()),
@@ -142,7 +152,9 @@ def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = No
         split_info=info,
         model=model,
         update=update,
-        loss=loss_function(task, cfg.model.impl, cfg.model.loss),
+        loss=loss_function(task, "module", "logits")
+        if mine
+        else loss_function(task, cfg.model.impl, cfg.model.loss),
         quality=lambda p, y: quality(p, y, task, target_std),
         quality_name="val_rmse" if task == "regression" else "val_accuracy",
         generator=torch.Generator(device=device).manual_seed(cfg.seed),

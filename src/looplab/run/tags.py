@@ -14,3 +14,4 @@ DATA_DIGEST = "looplab.data.digest"
 BEST_JOB = "looplab.best_job"  # on a sweep's parent: its best job's number and run
 BEST_RUN_ID = "looplab.best_run_id"
 STOPPED_BY = "looplab.stopped_by"  # SIGINT, SIGTERM or SIGHUP: a KILLED run, a stopped sweep
+CODE = "looplab.code"  # the user packages its `_target_`s name: JSON {package: "sha256:.. version"}
