@@ -91,6 +91,7 @@ CSV_FILES = {
     "nan.csv": b"a,b,y\n1,2,0\n,4,1\n3,inf,0\n4,5,1\n5,6,0\n6,7,1\n7,8,0\n8,9,1\n",
     "one-class.csv": b"a,b,y\n1,2,1\n3,4,1\n5,6,1\n7,8,1\n",
     "two-rows.csv": b"a,b,y\n1,2,0\n3,4,1\n",
+    "semicolons.csv": b"a;b;y\n1;2;0\n3;4;1\n5;6;0\n7;8;1\n",
 }
 
 
@@ -109,7 +110,11 @@ DATA_CASES = {
         ["target column 'y' is not in no-target.csv", "its columns are: a, b, label"],
     ),
     "csv-text-feature": (csv_args("text-feature.csv"), ["non-numeric feature", "color"]),
-    "csv-nan-inf": (csv_args("nan.csv"), ["NaN or infinite", "2 row(s)", "column(s): a, b"]),
+    "csv-nan-inf": (
+        csv_args("nan.csv"),
+        ["NaN or infinite", "2 row(s) (data rows 2, 3;", "column(s): a, b", "dataset.missing"],
+    ),
+    "csv-semicolons": (csv_args("semicolons.csv"), ["separated by ';'", """'dataset.sep=";"'"""]),
     "csv-one-class": (csv_args("one-class.csv"), ["target 'y' has a single class"]),
     "csv-too-few-rows": (csv_args("two-rows.csv"), ["too few rows to split", "2 row(s)"]),
     "device-cuda": (["device=cuda"], ["device=cuda is not available", "available:", "cpu"]),

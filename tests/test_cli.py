@@ -216,13 +216,14 @@ def test_a_run_tells_its_story_on_the_console_and_in_train_log(run_cli, tmp_path
     assert run.info.run_name == "breast_cancer impl=module epochs=3"
     (run_dir,) = list(tmp_path.glob("outputs/runs/*/*"))
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("task: binary classification, inferred: target 'target' holds 2")
+    assert lines[0].startswith("task: binary, inferred: target 'target' holds 2")
+    assert run.data.params["data.task"] == "binary"  # the first line names it as the param
     closing = lines[-1]
     assert closing.startswith("breast_cancer impl=module epochs=3: FINISHED after 3 epochs (")
     assert run.info.run_id in closing and str(run_dir.relative_to(tmp_path)) in closing
     assert "val_accuracy" in closing and closing.endswith("; see it with `looplab ui`")
     story = (run_dir / "train.log").read_text()
-    assert "task: binary classification" in story and ": FINISHED after 3 epochs" in story
+    assert "task: binary, " in story and ": FINISHED after 3 epochs" in story
     assert not (tmp_path / "mlruns").exists()
     default = client.get_experiment_by_name("Default")
     assert default.artifact_location.startswith((tmp_path / "outputs").resolve().as_uri())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,48 @@ def test_a_missing_feature_mark_is_still_missing(tmp_path) -> None:
     """Fault: NA marks no longer read as missing in feature columns (a text column instead)."""
     path = tmp_path / "gaps.csv"
     path.write_text("a,b,y\n1,NA,0\n2,3,1\n3,4,0\n4,5,1\n5,6,0\n6,7,1\n")
-    with pytest.raises(DataError, match=r"NaN or infinite values in 1 row\(s\), column\(s\): b"):
+    with pytest.raises(DataError, match=r"NaN or infinite values in 1 row\(s\) \(data rows 1;"):
+        data.load("csv", path=str(path), target="y")
+
+
+def gaps_csv(path: Path) -> str:
+    """20 rows; row 3's a and row 8's b empty."""
+    rows = [f"{i},{2 * i},{i % 2}" for i in range(1, 21)]
+    rows[2] = "3,,1"
+    rows[7] = ",16,0"
+    path.write_text("a,b,y\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_empty_feature_cells_are_refused_by_row_or_dropped_or_filled(tmp_path) -> None:
+    """Faults: the refusal does not say which rows, dataset.missing ignored (refused anyway,
+    or NaN trains), `mean` filled with the whole table's mean (the validation rows leak into
+    training) or not recorded for new rows."""
+    path = gaps_csv(tmp_path / "gaps.csv")
+    with pytest.raises(DataError) as refused:
+        data.load("csv", path=path, target="y")
+    assert "data rows 3, 8" in str(refused.value) and "dataset.missing=drop or mean" in str(
+        refused.value
+    )
+    dropped = data.load("csv", path=path, target="y", missing="drop")
+    assert dropped.n_rows == 18
+    filled = data.load("csv", path=path, target="y", missing="mean", test_size=0.5)
+    assert filled.n_rows == 20 and np.isfinite(filled.x_train).all()
+    assert np.isfinite(filled.x_val).all()
+    # The fill is the training split's own mean: back out of the scaler, each training
+    # column's mean is its fill (a filled cell leaves its column's mean as it was), and it
+    # is not the whole column's mean.
+    unscaled = filled.x_train * filled.scaler_scale + filled.scaler_mean
+    np.testing.assert_allclose(unscaled.mean(axis=0), filled.fill_values)
+    whole_a = np.mean([i for i in range(1, 21) if i != 8])
+    assert filled.fill_values[0] != pytest.approx(whole_a)
+
+
+def test_a_csv_split_on_another_separator_says_which(tmp_path) -> None:
+    """Fault: a semicolon file read with the comma is reported as a missing target only."""
+    path = tmp_path / "semi.csv"
+    path.write_text("a;b;y\n" + "".join(f"{i};{i};{i % 2}\n" for i in range(10)))
+    with pytest.raises(DataError, match=re.escape("""separated by ';': pass 'dataset.sep=";"'""")):
         data.load("csv", path=str(path), target="y")
 
 
@@ -150,7 +192,7 @@ def test_the_inferred_task_says_why() -> None:
     assert split.task == "multiclass" and split.classes == ["0", "1", "2"]
     assert "3 distinct integers" in split.task_reason
     line = split.describe()
-    assert line.startswith("task: classification") and "150 rows" in line and "4 features" in line
+    assert line.startswith("task: multiclass,") and "150 rows" in line and "4 features" in line
     assert "set by dataset.task=regression" in data.load("iris", task="regression").task_reason
 
 

@@ -7,6 +7,7 @@ training loop never copies data between host and device.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -44,6 +45,7 @@ class SplitData:
     feature_names: list[str] = field(default_factory=list)
     scaler_mean: list[float] = field(default_factory=list)
     scaler_scale: list[float] = field(default_factory=list)
+    fill_values: list[float] | None = None  # dataset.missing=mean: each column's fill
 
     @property
     def n_features(self) -> int:
@@ -59,12 +61,9 @@ class SplitData:
 
     def describe(self) -> str:
         """One line: the task, why, and the table's size."""
-        kind = {"binary": "binary classification", "multiclass": "classification"}.get(
-            self.task, "regression"
-        )
         classes = f" (classes in order: {', '.join(self.classes)})" if self.classes else ""
-        return (
-            f"task: {kind}, {self.task_reason}{classes}; {self.n_rows} rows "
+        return (  # the task as the run's data.task param names it
+            f"task: {self.task}, {self.task_reason}{classes}; {self.n_rows} rows "
             f"({len(self.y_train)} train, {len(self.y_val)} validation), "
             f"{self.n_features} features"
         )
@@ -122,21 +121,47 @@ def _check_target(labels: pd.Series) -> None:
         )
 
 
-def _check_features(features: pd.DataFrame) -> np.ndarray:
+def _check_features(features: pd.DataFrame, missing: str = "refuse") -> np.ndarray:
+    """The features as float64; empty cells (NaN) refused unless `dataset.missing` says
+    what to do with them (`drop` is done before, `mean` after the split); infinities always."""
     text = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if text:
         raise DataError(
             f"non-numeric feature column(s): {', '.join(text)}; drop them with dataset.drop"
         )
     values = features.to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
+    bad = np.isinf(values) if missing == "mean" else ~np.isfinite(values)
     if bad.any():
         columns = [str(c) for c, b in zip(features.columns, bad.any(axis=0), strict=True) if b]
+        rows = np.flatnonzero(bad.any(axis=1)) + 1
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        what = "infinite" if missing == "mean" else "NaN or infinite"
+        fix = "" if missing == "mean" else "; empty cells: dataset.missing=drop or mean"
         raise DataError(
-            f"NaN or infinite values in {int(bad.any(axis=1).sum())} row(s), "
-            f"column(s): {', '.join(columns)}"
+            f"{what} values in {len(rows)} row(s) (data rows {shown}; 1 is the first after "
+            f"the header), column(s): {', '.join(columns)}{fix}"
         )
     return values
+
+
+def drop_missing(features: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """`dataset.missing=drop`: the rows with an empty feature cell left out, before the split."""
+    kept = ~features.isna().any(axis=1)
+    if not kept.any():
+        raise DataError("dataset.missing=drop leaves no rows: every row has an empty cell")
+    return features[kept], labels[kept]
+
+
+def fill_with_training_mean(x_train: np.ndarray, x_val: np.ndarray) -> list[float]:
+    """`dataset.missing=mean`: empty cells of both splits filled, in place, with the training
+    split's column means (what new rows will need too: preprocessing.json keeps them)."""
+    with warnings.catch_warnings():  # a column empty in every training row: its mean is 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nan_to_num(np.nanmean(x_train, axis=0), nan=0.0)
+    for x in (x_train, x_val):
+        rows, columns = np.nonzero(np.isnan(x))
+        x[rows, columns] = means[columns]
+    return [float(v) for v in means]
 
 
 def encode_labels(labels: pd.Series, task: TaskKind) -> tuple[np.ndarray, int]:
@@ -159,11 +184,15 @@ def split_and_scale(
     test_size: float,
     seed: int,
     forced_task: str | None = None,
+    missing: str = "refuse",
 ) -> SplitData:
-    """Seeded (and, for classes, stratified) split; scaler fitted on the training rows only."""
+    """Seeded (and, for classes, stratified) split; scaler fitted on the training rows only.
+    `missing`: what empty feature cells get (`dataset.missing`: refuse, drop, mean)."""
     _check_target(labels)
+    if missing == "drop":
+        features, labels = drop_missing(features, labels)
     task, reason = infer_task_with_reason(labels, forced_task)
-    x = _check_features(features)
+    x = _check_features(features, missing)
     y, classes = encode_labels_with_classes(labels, task)
     n_classes = len(classes)
     n_val = int(np.ceil(test_size * len(y)))
@@ -183,6 +212,7 @@ def split_and_scale(
             )
         except ValueError as error:  # e.g. a class with a single row cannot be stratified
             raise DataError(f"cannot split the data: {error}") from None
+        fill = fill_with_training_mean(x_train, x_val) if missing == "mean" else None
         scaler = StandardScaler().fit(x_train)
         x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
     mean, target_std = 0.0, 1.0
@@ -203,6 +233,7 @@ def split_and_scale(
         feature_names=[str(c) for c in features.columns],
         scaler_mean=[float(v) for v in scaler.mean_],
         scaler_scale=[float(v) for v in scaler.scale_],
+        fill_values=fill,
     )
 
 
@@ -216,10 +247,11 @@ def load(
     seed: int = 42,
     sep: str = ",",
     encoding: str = "utf-8",
+    missing: str = "refuse",
 ) -> SplitData:
     """The whole preprocessing of one data set, from name (or CSV) to scaled splits."""
     read = read_table(Table(name, path, target, tuple(drop), sep, encoding))
-    return split_and_scale(read.features, read.labels, test_size, seed, task)
+    return split_and_scale(read.features, read.labels, test_size, seed, task, missing)
 
 
 def to_device(data: SplitData, device: torch.device, dtype: torch.dtype) -> DeviceData:

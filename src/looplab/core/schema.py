@@ -68,6 +68,12 @@ class DeviceName(StrEnum):
     mps = "mps"
 
 
+class Missing(StrEnum):
+    refuse = "refuse"
+    drop = "drop"
+    mean = "mean"
+
+
 class DType(StrEnum):
     float32 = "float32"
     float64 = "float64"
@@ -88,6 +94,7 @@ class DatasetConfig:
     test_size: float = 0.2
     sep: str = ","
     encoding: str = "utf-8"
+    missing: Missing = Missing.refuse  # empty feature cells: refuse, drop the rows, or mean
 
 
 @dataclass

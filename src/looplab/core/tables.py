@@ -48,6 +48,7 @@ def _read_csv(
     """
     if path is None or target is None:
         raise DataError("dataset=csv needs dataset.path and dataset.target")
+    sep = {"\\t": "\t"}.get(sep, sep)  # `dataset.sep="\t"` typed on a command line: a tab
     file = local_path(path)
     if not file.is_file():
         raise DataError(f"CSV file not found: {file}")
@@ -67,9 +68,15 @@ def _read_csv(
     if table.empty:
         raise DataError(f"CSV file has a header but no rows: {file}")
     if target not in table.columns:
+        # One column, and another separator in its name: the file is not split on `sep`.
+        found = [c for c in ";\t|," if c != sep and len(table.columns) == 1 and c in header[0]]
+        shown = {"\t": "\\t"}.get(found[0], found[0]) if found else ""
+        hint = f"; its header looks separated by '{shown}': pass 'dataset.sep=\"{shown}\"'"
+        hint = hint if found else ""
         raise DataError(
             f"target column '{target}' is not in {file.name}; its columns are: "
             + ", ".join(map(str, table.columns))
+            + hint
         )
     missing = [column for column in drop if column not in table.columns]
     if missing:

@@ -104,8 +104,9 @@ def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = No
     # A device that is not here is refused before the data loads; auto is weighed after.
     device, device_reason = resolve_device(cfg.device.name)
     read = tables.read_table(table_of(cfg))
+    dataset = cfg.dataset
     split = datasets.split_and_scale(
-        read.features, read.labels, cfg.dataset.test_size, cfg.seed, cfg.dataset.task
+        read.features, read.labels, dataset.test_size, cfg.seed, dataset.task, dataset.missing
     )
     mine = parts.model is not None  # the user's own network (model._target_)
     if mine:  # built on the CPU, in the run's dtype, from torch's seeded generator

@@ -46,6 +46,7 @@ def preprocessing(info: datasets.SplitData) -> str:
             "features": info.feature_names,
             "scaler_mean": info.scaler_mean,
             "scaler_scale": info.scaler_scale,
+            "fill_values": info.fill_values,  # dataset.missing=mean: before the scaler
             "target_mean": info.target_mean,
             "target_std": info.target_std,
         },
