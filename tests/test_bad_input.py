@@ -53,6 +53,8 @@ CONFIG_CASES = {
         ["model.hidden=[4]", "model.width=8", "set one of them"],
     ),
     "hidden-zero": (["model.hidden=[4,0]"], ["model.hidden=[4,0]", ">= 1"]),
+    "width-not-an-int": (["model.width=abc"], ["model.width=abc", "must be an integer"]),
+    "hidden-not-a-list": (["model.hidden=4"], ["model.hidden=4", "must be a list"]),
     "unknown-device": (["device=tpu"], ["device=tpu", "is not an option", "cpu, cuda"]),
     "wrong-type-int": (["train.epochs=ten"], ["train.epochs=ten", "must be an integer"]),
     "wrong-type-float": (["train.lr=fast"], ["train.lr=fast", "must be a number"]),

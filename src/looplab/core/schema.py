@@ -11,6 +11,7 @@ schema (`BUILTIN`). Neither Hydra nor MLflow is imported here: the core knows Om
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -18,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -161,13 +162,6 @@ class LooplabConfig:
 BUILTIN: dict[str, type] = {"model": ModelConfig, "update": UpdateConfig}
 
 
-@dataclass
-class _Builtins:
-    """The built-in nodes, typed: what `plain_config` merges them onto (errors name the key)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-
 def has_target(node: Any) -> bool:
     """Whether a config node names a class or function to call (`_target_`, as Hydra's)."""
     return isinstance(node, DictConfig | dict) and "_target_" in node
@@ -219,16 +213,52 @@ def unknown_key_message(key: str) -> str:
 
 
 def hold_model(plain: DictConfig) -> None:
-    """In place: the built-in model typed as its schema would (an OmegaConf ValidationError
-    names the key); the user's own (`model._target_`) without the built-in keys left at their
-    defaults, which mean nothing to it."""
-    if has_target(plain.model):
-        unset = OmegaConf.structured(ModelConfig)
-        for key in [k for k in plain.model if k in unset and plain.model[k] == unset[k]]:
-            del plain.model[key]
+    """In place: the built-in model typed as its schema says (ConfigError names the key), each
+    missing key at its default; the user's own (`model._target_`) without the built-in keys
+    left at their defaults, which mean nothing to it. Plain Python, not an OmegaConf merge:
+    it runs for every job of a sweep, twice."""
+    model = plain.model
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    if has_target(model):
+        for key in [k for k in model if k in defaults and model[k] == defaults[k]]:
+            del model[key]
+        return
+    for key in model:
+        if key not in defaults:
+            raise ConfigError(unknown_key_message(f"model.{key}"))
+    hints = _model_hints()
+    for key, default in defaults.items():
+        value = model.get(key, default)
+        typed = _typed(f"model.{key}", value, hints[key])
+        if key not in model or typed is not value and typed != value:  # added, or converted
+            model[key] = typed
+
+
+@functools.cache
+def _model_hints() -> dict[str, Any]:
+    return get_type_hints(ModelConfig)
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """`value` as the schema's `hint` holds it (an int, a StrEnum's value, a list of ints or
+    None), as OmegaConf would convert it; else ConfigError in OmegaConf's words."""
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        if str(value) in {m.value for m in hint}:
+            return str(value)
+        allowed = f"choose one of {', '.join(m.value for m in hint)}"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        allowed = "it must be an integer"
+    elif value is None:  # list[int] | None
+        return None
     else:
-        typed = OmegaConf.merge(OmegaConf.structured(_Builtins), {"model": plain.model})
-        plain.model = OmegaConf.to_container(typed.model, enum_to_str=True)
+        if isinstance(value, list | ListConfig):
+            return [_typed(f"{key}[{i}]", v, int) for i, v in enumerate(value)]
+        allowed = "it must be a list, e.g. [a,b]"
+    raise ConfigError(f"{key}={value} is not allowed: {allowed}")
 
 
 def _allowed(message: str) -> str:
