@@ -72,7 +72,7 @@ def test_reproduce_changes_are_refused_in_one_line() -> None:
         (["experiment=seed"], "a preset is a fresh start"),
         (["train.lr=0.1,1"], "only plain key=value"),
         (["+model.extra=1"], "only plain key=value"),
-        (["update=adam"], "choose one of manual, sgd"),
+        (["update=adagrad"], "choose one of adam, adamw, manual, optim, sgd"),
         (["train.epochs=abc"], "train.epochs=abc is not allowed: it must be an integer"),
     ):
         with pytest.raises(ConfigError, match=expected) as raised:
