@@ -176,7 +176,7 @@ def test_a_recorded_config_is_read_as_data_and_checked_against_the_schema() -> N
         "outside looplab": yaml.safe_dump(evil),
         "not plain YAML": "train: !!python/object/apply:os.system ['id']\n",
         "interpolation": yaml.safe_dump({**RECORDED, "seed": "${oc.env:HOME}"}),
-        "schema at model.width": yaml.safe_dump({**RECORDED, "model": {"width": "wide"}}),
+        "schema: model.width=wide": yaml.safe_dump({**RECORDED, "model": {"width": "wide"}}),
         "schema at train.learning_rate": yaml.safe_dump(
             {**RECORDED, "train": {"learning_rate": 1}}
         ),
@@ -199,7 +199,7 @@ def test_changes_are_applied_to_the_recorded_config_as_typed() -> None:
         (["model.widht=3"], "did you mean model.width"),
         (["experiment=seed"], "a preset is a fresh start"),
         (["train.lr=0.1,1"], "only plain key=value"),
-        (["update=adam"], "choose one of manual, sgd"),
+        (["update=adagrad"], "choose one of adam, adamw, manual, optim, sgd"),
     ):
         with pytest.raises(ConfigError, match=expected):
             with_overrides(recorded, lines)
@@ -237,7 +237,7 @@ def test_reproduce_refuses_a_stored_config_that_names_foreign_code(
     for text, expected in (
         (yaml.safe_dump(evil), "import target outside looplab (hydra.callbacks.x._target_"),
         ("train: !!python/object/apply:os.system ['touch pwned']\n", "is not plain YAML"),
-        ("model: {width: wide}\n", "does not match looplab's schema at model.width"),
+        ("model: {width: wide}\n", "does not match looplab's schema: model.width=wide"),
     ):
         path.write_text(text)
         capsys.readouterr()

@@ -214,9 +214,11 @@ def unknown_key_message(key: str) -> str:
 
 def hold_model(plain: DictConfig) -> None:
     """In place: the built-in model typed as its schema says (ConfigError names the key), each
-    missing key at its default; the user's own (`model._target_`) without the built-in keys
+    missing key at its default (and a missing update, the manual one); the user's own (`model._target_`) without the built-in keys
     left at their defaults, which mean nothing to it. Plain Python, not an OmegaConf merge:
     it runs for every job of a sweep, twice."""
+    if not plain.get("update"):  # a config with no update (the schema's is empty): manual
+        plain.update = {"name": UpdateName.manual.value}
     model = plain.model
     defaults = {f.name: f.default for f in fields(ModelConfig)}
     if has_target(model):

@@ -127,6 +127,8 @@ def checked(body: dict[str, Any], source: str) -> DictConfig:
         raise ConfigError(
             f"{source} does not match looplab's schema at {error.full_key or '?'}: {message}"
         ) from None
+    except ConfigError as error:  # the built-in model's types (`hold_model`)
+        raise ConfigError(f"{source} does not match looplab's schema: {error}") from None
     validate(plain)
     return plain
 
