@@ -214,9 +214,9 @@ def unknown_key_message(key: str) -> str:
 
 def hold_model(plain: DictConfig) -> None:
     """In place: the built-in model typed as its schema says (ConfigError names the key), each
-    missing key at its default (and a missing update, the manual one); the user's own (`model._target_`) without the built-in keys
-    left at their defaults, which mean nothing to it. Plain Python, not an OmegaConf merge:
-    it runs for every job of a sweep, twice."""
+    missing key at its default (and a missing update, the manual one); the user's own
+    (`model._target_`) without the built-in keys left at their defaults, which mean nothing
+    to it. Plain Python, not an OmegaConf merge: it runs for every job of a sweep, twice."""
     if not plain.get("update"):  # a config with no update (the schema's is empty): manual
         plain.update = {"name": UpdateName.manual.value}
     model = plain.model
@@ -232,7 +232,7 @@ def hold_model(plain: DictConfig) -> None:
     for key, default in defaults.items():
         value = model.get(key, default)
         typed = _typed(f"model.{key}", value, hints[key])
-        if key not in model or typed is not value and typed != value:  # added, or converted
+        if key not in model or (typed is not value and typed != value):  # added, or converted
             model[key] = typed
 
 
