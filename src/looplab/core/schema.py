@@ -220,6 +220,8 @@ def hold_model(plain: DictConfig) -> None:
     if not plain.get("update"):  # a config with no update (the schema's is empty): manual
         plain.update = {"name": UpdateName.manual.value}
     model = plain.model
+    if not isinstance(model, DictConfig):  # `model=5`: a value where keys belong
+        raise ConfigError(f"model={model} is not allowed: it is a group of keys; set one key in it")
     defaults = {f.name: f.default for f in fields(ModelConfig)}
     if has_target(model):
         for key in [k for k in model if k in defaults and model[k] == defaults[k]]:
