@@ -57,3 +57,16 @@ def test_a_forbidden_import_breaks_the_contracts(tmp_path, module, line, broken)
     assert done.returncode != 0
     verdicts = [text for text in done.stdout.splitlines() if text.startswith(broken)]
     assert verdicts and verdicts[0].endswith("BROKEN"), done.stdout
+
+
+def test_looplab_train_starts_its_writer_before_it_imports_torch() -> None:
+    """Fault: a module `looplab-train` imports at start-up imports torch (as run.prepare does),
+    so the MLflow writer's start no longer overlaps torch's import: seconds a run and 7 s
+    of a 16-job sweep's start on this machine, seen only in `make bench`."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, looplab.cli.train; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"

@@ -16,7 +16,8 @@ import torch
 
 from looplab.core.errors import ConfigError
 from looplab.launch.parts import parts_of
-from looplab.run.prepare import Parts, prepare
+from looplab.run.parts import Parts
+from looplab.run.prepare import prepare
 
 LOOPLAB = str(Path(sys.executable).parent / "looplab")
 QUIET = ("tracking.enabled=false", "train.print_every=0", "train.dtype=float64")

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from looplab.core.errors import ConfigError
-from looplab.run.prepare import Parts
+from looplab.run.parts import Parts
 
 # What each part is called with, beside its config's own keys.
 CALLED_WITH = {"update": ("params", "lr"), "model": ("n_features", "n_outputs")}

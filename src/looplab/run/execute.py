@@ -32,7 +32,8 @@ from looplab.core.validate import validate
 from looplab.run import tags as tag
 from looplab.run.config_file import rerunnable
 from looplab.run.naming import identity, params, run_name
-from looplab.run.prepare import Parts, prepare
+from looplab.run.parts import Parts
+from looplab.run.prepare import prepare
 from looplab.run.recorder import Recorder
 from looplab.run.records import dataset_input, describe_data, environment_tags, preprocessing
 from looplab.run.reporting import ConsoleReport, MetricsCsv

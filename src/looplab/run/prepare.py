@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from omegaconf import DictConfig
@@ -16,7 +16,8 @@ from looplab.core.device import resolve_device, step_work
 from looplab.core.loop import EpochCallback, EpochResult, fit
 from looplab.core.model import LossFn, build_model, loss_function, quality, user_model
 from looplab.core.schema import hidden_widths, update_name
-from looplab.core.update import OptimizerFactory, Updater, build_update
+from looplab.core.update import Updater, build_update
+from looplab.run.parts import Parts
 
 
 def torch_threads(asked: int | None = None, given: float | None = None) -> int:
@@ -43,16 +44,6 @@ def torch_threads(asked: int | None = None, given: float | None = None) -> int:
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) - 1)
-
-
-@dataclass(frozen=True)
-class Parts:
-    """What a config names by `_target_`, found by the Hydra side (`launch/parts.py`) and
-    handed down, so that this layer and the core never import Hydra."""
-
-    optimizer: OptimizerFactory | None = None
-    model: Callable[..., torch.nn.Module] | None = None  # called (n_features=, n_outputs=)
-    code: dict[str, str] = field(default_factory=dict)  # user package -> digest and version
 
 
 @dataclass
