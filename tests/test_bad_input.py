@@ -33,6 +33,7 @@ CONFIG_CASES = {
     ),
     "unknown-key-added": (["+model.widht=3"], ["unknown key model.widht", "model.width"]),
     "unknown-top-key": (["+epochs=3"], ["unknown key epochs", "train"]),
+    "unknown-update-key": (["+update.foo=1"], ["unknown key update.foo", "update._target_"]),
     "unknown-dataset": (["dataset=mnist"], ["dataset=mnist", "is not an option", "digits, iris"]),
     "unknown-update": (
         ["update=adagrad"],

@@ -363,7 +363,7 @@ STOP_NUMBERS = {int(signum) for signum in ALL_STOPS}
 def _stop_sweep(by: str) -> None:
     """End the sweep a signal stopped, if any; a second Ctrl-C or SIGTERM meanwhile leaves at
     once (the writers then end the runs KILLED on their own)."""
-    while_closing(lambda signum: os._exit(128 + signum))
+    while_closing(leave=True)
     SweepCallback.stopped(by)
 
 

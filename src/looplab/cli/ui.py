@@ -122,7 +122,7 @@ def serve(
         except Terminated as stop:
             return stop.exit_code
         finally:
-            while_closing(None)
+            while_closing(leave=False)
             if server is not None:
                 _stop(server)
 

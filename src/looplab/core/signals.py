@@ -14,7 +14,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from looplab.core.errors import Terminated
 
@@ -47,12 +47,17 @@ def stops_raise() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def while_closing(leave: Callable[[int], None] | None) -> None:
-    """While a stopped run or server closes its records: a second Ctrl-C or SIGTERM calls
-    `leave` (or is ignored, with None); a second SIGHUP is always ignored."""
+def while_closing(leave: bool) -> None:
+    """While a stopped run or server closes its records: a second Ctrl-C or SIGTERM leaves at
+    once with 128 + signal (`leave`; the MLflow writers then end the runs KILLED on their
+    own) or is ignored; a second SIGHUP is always ignored."""
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN if leave is None else lambda s, _f: leave(s))
+        signal.signal(signum, _leave_at_once if leave else signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _leave_at_once(signum: int, _frame: object) -> None:
+    os._exit(128 + signum)
 
 
 def ignore_stops() -> None:

@@ -16,13 +16,11 @@ from omegaconf import DictConfig
 
 from looplab.core.errors import ConfigError
 from looplab.core.schema import (
-    BUILTIN,
     Impl,
     LooplabConfig,
     Loss,
     ModelConfig,
     UpdateName,
-    has_target,
     unknown_key_message,
 )
 
@@ -82,9 +80,9 @@ def _check_keys(node: Any, schema: type, prefix: str = "") -> None:
         full = f"{prefix}{key}"
         if key not in hints:
             raise ConfigError(unknown_key_message(full))
-        inner = hints[key] if is_dataclass(hints[key]) else BUILTIN.get(full)
-        if inner is not None and isinstance(node[key], DictConfig) and not has_target(node[key]):
-            _check_keys(node[key], inner, f"{full}.")
+        # model and update (typed Any) have their own: `schema.hold_model`, `check_update`
+        if is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+            _check_keys(node[key], hints[key], f"{full}.")
 
 
 def validate(cfg: DictConfig) -> None:

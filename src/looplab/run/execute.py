@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +186,7 @@ def _execute(
         # A second Ctrl-C (or SIGTERM) while the records are being closed leaves at once;
         # the writer process then marks the run KILLED on its own. A second SIGHUP is the
         # same closed terminal again: ignored.
-        while_closing(lambda signum: os._exit(128 + signum))
+        while_closing(leave=True)
         interrupted = isinstance(stop, KeyboardInterrupt)
         result.status = "KILLED"
         result.exit_code = EXIT_INTERRUPTED if interrupted else stop.exit_code
