@@ -6,11 +6,13 @@
     looplab reproduce RUN_ID              # run it again from the store, checked epoch by epoch
     looplab diff RUN_A RUN_B              # what differs between two runs
     looplab runs --reap                   # runs whose machine died: marked KILLED
+    looplab predict RUN_ID new.csv        # score rows with a run's logged MLflow model
+    looplab register RUN_ID NAME          # a Model Registry version of it (a sweep: its best)
     looplab sync outputs/runs/DATE/TIME   # an offline run (or one an outage missed) to a store
     looplab server                        # MLflow's tracking server for tracking=server
 
 One module per family of verbs (`compare`: runs, plot; `ui`: ui; `reproduce`: reproduce,
-diff; `sync`: sync; `server`: server); each adds its subcommands
+diff; `models`: predict, register; `sync`: sync; `server`: server); each adds its subcommands
 and a function to run them. MLflow is read only through `looplab.tracking.reader`, imported
 when a command runs, so that `looplab --help` answers at once. Errors the user can fix are one
 `looplab: error: ...` line and exit code 1.
@@ -46,7 +48,7 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from looplab.cli import compare, reproduce, server, sync, ui
+    from looplab.cli import compare, models, reproduce, server, sync, ui
 
     parser = argparse.ArgumentParser(
         prog="looplab",
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_commands(commands, common)
     ui.add_commands(commands, common)
     reproduce.add_commands(commands, common)
+    models.add_commands(commands, common)
     sync.add_commands(commands, common)
     server.add_commands(commands, common)
     return parser

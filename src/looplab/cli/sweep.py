@@ -122,6 +122,7 @@ class SweepCallback(Callback):
                 settings.tracking.uri,
                 settings.tracking.experiment,
                 stopped_by,
+                settings.tracking.log_model == "best",
             )
         return [r for r in records if r.status not in DONE]
 
@@ -132,8 +133,10 @@ class SweepCallback(Callback):
         uri: str,
         experiment: str,
         stopped_by: str | None = None,
+        best_model: bool = False,
     ) -> None:
-        """The parent's closing tags and files (runs table, curves), its end, the summary."""
+        """The parent's closing tags and files (runs table, curves), its end, the summary;
+        with `best_model` (tracking.log_model=best), the best child's logged model."""
         from looplab.tracking import reader, settle_idle, tables
 
         parent, parent_id = self.parent, self.parent_id
@@ -192,8 +195,33 @@ class SweepCallback(Callback):
             print(f"warning: {warning}", file=sys.stderr)
         hint = sweep_hint(uri, parent.experiment_id, parent_id) if parent_id else None
         _print_summary(records, table_text, parent_id, hint, stopped_by)
+        best_id = tags.get(tag.BEST_RUN_ID)
+        if best is not None and best_id and best_model and not stopped_by:
+            best_run = next((r for r in runs if r.info.run_id == best_id), None)
+            log_best_model(uri, best, best_id, best_run, parent_id)
         if parent.note:
             print(parent.note)
+
+
+def log_best_model(uri: str, best: JobRecord, run_id: str, run: Any, parent_id: str | None) -> None:
+    """The best child's MLflow model (unless it has one), and a line that says how to register
+    it; a store that refuses is a warning: the sweep itself is done."""
+    from looplab.tracking import model_out, reader
+    from looplab.tracking.store import command_settings
+
+    model_id = run.data.tags.get(tag.MODEL_ID) if run is not None else None
+    try:
+        with command_settings():  # no progress bars
+            if not model_id:
+                folder = run.data.tags.get(tag.RUN_DIR) if run is not None else None
+                model_id = model_out.log_run_model(reader.client(uri), run_id, folder)
+    except Exception as error:
+        print(f"warning: the best job's model was not logged: {error}", file=sys.stderr)
+        return
+    print(
+        f"best: #{best.num} {best.name} (val_loss {best.metrics['val_loss']:.4g}), its model "
+        f"models:/{model_id}; register it with `looplab register {parent_id} NAME`"
+    )
 
 
 def jobs_planned(config: DictConfig, jobs: list[Any]) -> int:

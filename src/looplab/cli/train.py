@@ -203,6 +203,9 @@ def train_job(cfg: DictConfig) -> float:
             defer_end=job is not None,
             cpus=launcher_cpus(hydra_config),
             parts=parts,
+            # a sweep's jobs: only with `all`; the best child gets one at the sweep's end
+            log_model=plain.tracking.log_model == "all"
+            or (plain.tracking.log_model == "best" and job is None),
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)

@@ -24,6 +24,8 @@ from looplab.core.tables import Table, read_table
 TaskKind = Literal["binary", "multiclass", "regression"]
 # A numeric target with at most this many distinct integer values is taken as class labels.
 MAX_INFERRED_CLASSES = 20
+# Rows of the table kept as the logged model's input example (MLflow shows and serves them).
+EXAMPLE_ROWS = 3
 
 
 @dataclass
@@ -46,6 +48,8 @@ class SplitData:
     scaler_mean: list[float] = field(default_factory=list)
     scaler_scale: list[float] = field(default_factory=list)
     fill_values: list[float] | None = None  # dataset.missing=mean: each column's fill
+    target_name: str = ""  # the table's target column: a new table may hold it, unused
+    example: list[list[float]] = field(default_factory=list)  # a few rows as read, unscaled
 
     @property
     def n_features(self) -> int:
@@ -234,6 +238,8 @@ def split_and_scale(
         scaler_mean=[float(v) for v in scaler.mean_],
         scaler_scale=[float(v) for v in scaler.scale_],
         fill_values=fill,
+        target_name=str(labels.name),
+        example=features.dropna().head(EXAMPLE_ROWS).to_numpy(dtype=np.float64).tolist(),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -29,9 +31,22 @@ def default_store_uri(launch_dir: Path | None = None) -> str:
     return f"sqlite:///{((launch_dir or Path.cwd()) / 'outputs' / 'mlflow.db').resolve()}"
 
 
+def importable_here() -> None:
+    """The launch directory on the import path, as `python -m` puts the current one: a user's
+    package beside their configs is found without an install (by training and by predicting)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def shown(path: Path) -> str:
     """A folder as the user would type it: relative to the current one when under it."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(Path(path).resolve())
+
+
+# A run's files that make its trained model (its folder, and its artifacts): the weights, the
+# preprocessing new rows need, and the config that says which network (run/predict.py).
+MODEL_FILES = ("model.pt", "preprocessing.json", "config.yaml")

@@ -75,6 +75,12 @@ class Missing(StrEnum):
     mean = "mean"
 
 
+class LogModel(StrEnum):
+    best = "best"  # a run's own; of a sweep, its best child's (at the sweep's end)
+    all = "all"
+    none = "none"
+
+
 class DType(StrEnum):
     float32 = "float32"
     float64 = "float64"
@@ -142,6 +148,7 @@ class TrackingConfig:
     offline: bool = False  # no store: the run's whole record stays in its folder (looplab sync)
     wait_s: float = 60.0  # at a run's end, how long to wait for a store that is away
     skip_finished: bool = False
+    log_model: LogModel = LogModel.best  # which FINISHED runs get an MLflow logged model
 
 
 @dataclass

@@ -15,8 +15,6 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from looplab.core.errors import ConfigError
+from looplab.core.paths import importable_here
 from looplab.run.parts import Parts
 
 # What each part is called with, beside its config's own keys.
@@ -50,7 +49,7 @@ def _partial(key: str, node: DictConfig) -> Any:
     """`node._target_` with its config's keys bound, checked against what looplab will call it
     with (`CALLED_WITH`)."""
     target = node._target_
-    _importable_here()
+    importable_here()
     try:
         factory = instantiate(node, _partial_=True, _convert_="all")
     except InstantiationException as error:
@@ -84,18 +83,11 @@ def _why(error: InstantiationException) -> str:
     return lines[-1] if lines else type(error.__cause__).__name__
 
 
-def _importable_here() -> None:
-    """The launch directory on the import path, as `python -m` puts the current one."""
-    here = os.getcwd()
-    if here not in sys.path:
-        sys.path.insert(0, here)
-
-
 def code_record(targets: list[str]) -> dict[str, str]:
     """{package: "sha256:<digest of its .py sources> <version>"} for each user package the
     targets name: what `looplab reproduce` compares to say the code changed since."""
     record = {}
-    _importable_here()
+    importable_here()
     for package in sorted({t.split(".")[0] for t in targets} - set(NOT_USER_CODE)):
         try:
             module = importlib.import_module(package)

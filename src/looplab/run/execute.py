@@ -74,13 +74,15 @@ def execute(
     defer_end: bool = False,
     cpus: float | None = None,
     parts: Parts | None = None,
+    log_model: bool = False,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
     `name` is the run's name (by default the data set's); `console` how epochs are shown
     (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest;
     `cpus` the CPUs a launcher gave this job (see `torch_threads`); `parts` what the config
-    names by `_target_` (`launch/parts.py`).
+    names by `_target_` (`launch/parts.py`); `log_model`: a FINISHED run's model is logged
+    as an MLflow model (by the writer, after the loop).
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
@@ -97,6 +99,7 @@ def execute(
                 defer_end,
                 cpus,
                 parts,
+                log_model,
             )
     finally:
         if tracker is not None:
@@ -114,6 +117,7 @@ def _execute(
     defer_end: bool,
     cpus: float | None = None,
     parts: Parts | None = None,
+    log_model: bool = False,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg, cpus, parts)
@@ -150,7 +154,7 @@ def _execute(
         data_record = describe_data(cfg)
         tags = {
             "looplab.device": str(ready.device),
-            "looplab.run_dir": str(output_dir.resolve()),
+            tag.RUN_DIR: str(output_dir.resolve()),
             "looplab.task_reason": info.task_reason,
             "mlflow.source.name": "looplab-train",
             tag.CONFIG_DIGEST: identity(cfg),
@@ -205,7 +209,10 @@ def _execute(
         torch.save(ready.model.state_dict(), model_file)  # tensors only: loads with weights_only
         end_files.append((model_file, None))
     if tracker is not None:
-        result.warning = tracker.finish(result.status, end_tags, end_files, wait=not defer_end)
+        model = output_dir if log_model and result.status == "FINISHED" else None
+        result.warning = tracker.finish(
+            result.status, end_tags, end_files, wait=not defer_end, model_folder=model
+        )
         result.run_id = tracker.finished_run_id
     result.seconds = time.monotonic() - started
     hint = tracker.hint() if tracker is not None and not console.prefix else None

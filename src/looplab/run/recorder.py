@@ -37,6 +37,7 @@ class Recorder(Protocol):
         tags: dict[str, str] | None = None,
         artifacts: Sequence[tuple[Path, str | None]] = (),
         wait: bool = True,
+        model_folder: Path | None = None,  # a FINISHED run's folder: log its model from it
     ) -> str | None: ...
 
     def close(self) -> None: ...

@@ -49,6 +49,8 @@ def preprocessing(info: datasets.SplitData) -> str:
             "fill_values": info.fill_values,  # dataset.missing=mean: before the scaler
             "target_mean": info.target_mean,
             "target_std": info.target_std,
+            "target": info.target_name,
+            "example": info.example,  # raw rows: the logged model's input example
         },
         indent=1,
     )

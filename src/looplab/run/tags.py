@@ -3,6 +3,7 @@
 ROLE = "looplab.role"  # "sweep" for a sweep's parent, "job" for its children
 SWEEP_ID = "looplab.sweep_id"  # a hash of the sweep folder, on the parent and every job
 SWEEP_DIR = "looplab.sweep_dir"
+RUN_DIR = "looplab.run_dir"  # the run's folder on the machine that trained it
 SWEPT_KEYS = "looplab.swept_keys"  # on the parent: the keys that vary, comma-separated
 JOB = "looplab.job"  # a job's number in its sweep
 PARENT = "mlflow.parentRunId"
@@ -15,3 +16,4 @@ BEST_JOB = "looplab.best_job"  # on a sweep's parent: its best job's number and 
 BEST_RUN_ID = "looplab.best_run_id"
 STOPPED_BY = "looplab.stopped_by"  # SIGINT, SIGTERM or SIGHUP: a KILLED run, a stopped sweep
 CODE = "looplab.code"  # the user packages its `_target_`s name: JSON {package: "sha256:.. version"}
+MODEL_ID = "looplab.model_id"  # a run's logged MLflow model (models:/<id>), once it has one

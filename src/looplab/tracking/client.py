@@ -321,8 +321,10 @@ class Tracker(RunFolder):
         tags: dict[str, str] | None = None,
         artifacts: list[tuple[Path, str | None]] = (),
         wait: bool = True,
+        model_folder: Path | None = None,
     ) -> str | None:
-        """Flush, log the closing artifacts, end the run as `status`; return any warning.
+        """Flush, log the closing artifacts (and the model from `model_folder`: the writer
+        logs it as an MLflow model), end the run as `status`; return any warning.
 
         The writer waits for the store up to `tracking.wait_s`; what it could not deliver by
         then stays in the run folder (record.json, metrics.csv), marked not synced, and the
@@ -339,7 +341,8 @@ class Tracker(RunFolder):
         try:
             self.flush()
             if self.lost is None:
-                self._send(End(status, tags, files_of(artifacts), ended_ms, self.wait_s))
+                model = str(model_folder) if model_folder else None
+                self._send(End(status, tags, files_of(artifacts), ended_ms, self.wait_s, model))
                 self.end_pending = True
                 if not wait:
                     self._close_record(status, tags, artifacts, ended_ms, None)

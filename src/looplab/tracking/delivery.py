@@ -85,6 +85,12 @@ class SetTags:
 
 
 @dataclass
+class LogModel:
+    what: ClassVar[str] = "the logged model"
+    folder: str  # the run's folder, holding core.paths.MODEL_FILES
+
+
+@dataclass
 class Terminate:
     what: ClassVar[str] = "the run's end"
     status: str
@@ -92,7 +98,15 @@ class Terminate:
 
 
 Operation = (
-    CreateRun | LogParams | LogFiles | LogText | LogInputs | LogMetrics | SetTags | Terminate
+    CreateRun
+    | LogParams
+    | LogFiles
+    | LogText
+    | LogInputs
+    | LogMetrics
+    | SetTags
+    | LogModel
+    | Terminate
 )
 
 
@@ -140,6 +154,7 @@ class Delivery:
             LogInputs: self._log_inputs,
             LogMetrics: self._log_metrics,
             SetTags: self._set_tags,
+            LogModel: self._log_model,
             Terminate: self._terminate,
         }
 
@@ -155,13 +170,23 @@ class Delivery:
         elif metrics:
             self.queue.append(LogMetrics(metrics))
 
-    def end(self, status: str, tags: dict[str, str], files: Files, end_time_ms: int, wait_s: float):
-        """Queue the run's end (closing tags, files, then its status, last), and deliver
-        until the store has it all or `wait_s` has passed."""
+    def end(
+        self,
+        status: str,
+        tags: dict[str, str],
+        files: Files,
+        end_time_ms: int,
+        wait_s: float,
+        model_folder: str | None = None,
+    ) -> None:
+        """Queue the run's end (closing tags, files, its model, then its status, last), and
+        deliver until the store has it all or `wait_s` has passed."""
         if tags:
             self.queue.append(SetTags(dict(tags)))
         if files:
             self.queue.append(LogFiles(list(files)))
+        if model_folder:
+            self.queue.append(LogModel(model_folder))
         self.queue.append(Terminate(status, end_time_ms))
         self.end_deadline = time.monotonic() + wait_s
         self.retry_at = 0.0  # try at once, whatever the backoff said
@@ -272,6 +297,12 @@ class Delivery:
 
         tags = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in operation.tags.items()]
         self.client.log_batch(self.run_id, tags=tags)
+        return True
+
+    def _log_model(self, operation: LogModel) -> bool:
+        from looplab.tracking.model_out import log_run_model
+
+        log_run_model(self.client, self.run_id, operation.folder)
         return True
 
     def _terminate(self, operation: Terminate) -> bool:

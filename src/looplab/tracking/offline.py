@@ -78,6 +78,7 @@ class OfflineTracker(RunFolder):
         tags: dict[str, str] | None = None,
         artifacts: list[tuple[Path, str | None]] = (),
         wait: bool = True,
+        model_folder: Path | None = None,  # offline: no model (`looplab register` makes one)
     ) -> str | None:
         self._close_record(status, tags or {}, list(artifacts), int(time.time() * 1000), None)
         folder = self.record_dir

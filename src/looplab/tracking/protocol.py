@@ -79,6 +79,7 @@ class End:
     files: Files
     end_time_ms: int
     wait_s: float
+    model_folder: str | None = None  # log the run's model from its files here, before its end
 
 
 # -- replies: the writer to the training process -----------------------------------------------

@@ -33,7 +33,11 @@ BEST_JOB_TAG, BEST_RUN_ID_TAG = tags.BEST_JOB, tags.BEST_RUN_ID
 # of retries (the writer retries itself, in the background, with backoff); they win over
 # whatever the writer's parent has. A `looplab` command's: one retry, then a one-line error,
 # and no progress bar when it downloads a file.
-WRITER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+WRITER_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a model's files, copied as it is logged
+}
 COMMAND_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",

@@ -141,7 +141,12 @@ class Writer:
 
     def end(self, message: End) -> None:
         self.run.end(
-            message.status, message.tags, message.files, message.end_time_ms, message.wait_s
+            message.status,
+            message.tags,
+            message.files,
+            message.end_time_ms,
+            message.wait_s,
+            message.model_folder,
         )
 
     def find_sweep(self, message: FindSweep) -> None:
