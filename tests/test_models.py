@@ -16,13 +16,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import store_uri
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import train_test_split
 
 from looplab.core.data import encode_labels_with_classes, infer_task
 from looplab.core.tables import load_table
 from looplab.server import free_port
-from tests.conftest import store_uri
 
 LOOPLAB = str(Path(sys.executable).parent / "looplab")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -276,3 +276,39 @@ def test_log_model_none_and_offline_runs_log_no_model(run_cli, tmp_path) -> None
     registered = looplab(tmp_path, "register", run.info.run_id, "later", *uri)
     assert registered.returncode == 0 and "registered later version 1" in registered.stdout
     assert len(client.search_logged_models([run.info.experiment_id])) == 1
+
+
+def test_the_models_tab_lists_the_runs_model_in_a_real_browser(run_cli, tmp_path) -> None:
+    """What a user sees: `looplab ui`, then the experiment's Models tab in Chromium lists the
+    run's logged model, ready, from its run. Fault: a model logged somewhere the tab does not
+    look (another experiment, no source run, left PENDING)."""
+    from test_ui_browser import CHROMIUM, first_line, needs_chromium
+
+    if CHROMIUM is None:
+        pytest.skip(needs_chromium.kwargs["reason"])
+    done = run_cli(*QUIET, "experiment=seed")
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(store_uri(tmp_path))
+    (run,) = runs_of(client)
+    port = free_port()
+    ui = subprocess.Popen(
+        [LOOPLAB, "ui", "--port", str(port), "--tracking-uri", store_uri(tmp_path)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )  # fmt: skip
+    try:
+        link = first_line(ui, timeout=120).split(": ", 1)[1].strip()
+        models = link.replace("/runs?", "/models?")  # the tab beside Runs
+        dom = subprocess.run(
+            [
+                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+                "--dump-dom", models,
+            ],
+            capture_output=True, text=True, timeout=180,
+        ).stdout  # fmt: skip
+    finally:
+        ui.send_signal(2)
+        ui.wait(timeout=60)
+    assert run.data.tags["looplab.model_id"] in dom, dom[-2000:]
+    assert ">Ready<" in dom and run.info.run_name in dom

@@ -112,6 +112,9 @@ def per_job_rows(cfg: Settings, work: Path) -> list[Row]:
             "looplab, Hydra's launcher": lambda: per_job(
                 "looplab, Hydra's launcher", [CLI], "hydra/launcher=basic"
             ),
+            "looplab, every job's model": lambda: per_job(
+                "looplab, every job's model", [CLI], "tracking.log_model=all"
+            ),
         },
         cfg.per_job_repeats,
     )
@@ -170,7 +173,24 @@ def per_job_rows(cfg: Settings, work: Path) -> list[Row]:
             f"{amount(ours - floor_ours)} over that floor"
         ),
     )
-    return [against_hydra, against_floor]
+    every_model = median["looplab, every job's model"]
+    models = Row(
+        GROUP,
+        f"a job beyond the first of a {jobs}-job sweep, experiment=seed, tracking.log_model=all",
+        "the same sweep as it runs by default (tracking.log_model=best: only the best child's "
+        "model, logged at the sweep's end)",
+        ratios(times, "looplab, every job's model", "looplab"),
+        "",
+        median,
+        note=(
+            f"the same repeats as the rows above; a job cost {human(every_model)} when every "
+            f"job logs its MLflow model against {human(ours)} by default: "
+            f"{amount(every_model - ours)} a job for a model (the writer builds and stores it "
+            "while the next job trains, so this is its work competing for the cores). By "
+            "default a sweep's jobs log none, and the sweep's end logs the best child's"
+        ),
+    )
+    return [against_hydra, against_floor, models]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from looplab.run.tags import MODEL_ID
 
 MODEL_NAME = "model"  # the logged model's name (the Models tab), and the run's output
 MODEL_TYPE = "looplab"
+SOURCE = "looplab-train"  # the Models tab's "Logged from"
 # What the model needs where it is loaded, pinned to what trained it (looplab itself must be
 # installed there: `mlflow models serve --env-manager local` from looplab's environment).
 REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pyyaml", "looplab")
@@ -88,7 +89,7 @@ def log_run_model(
             name=MODEL_NAME,
             source_run_id=run_id,
             params=dict(run.data.params),
-            tags={"looplab.run_name": run.info.run_name or ""},
+            tags={"looplab.run_name": run.info.run_name or "", "mlflow.source.name": SOURCE},
             model_type=MODEL_TYPE,
         )
         try:
