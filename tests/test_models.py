@@ -264,8 +264,8 @@ def test_a_users_own_network_is_logged_and_predicts_from_its_folder(run_cli, tmp
 
 
 def test_log_model_none_and_offline_runs_log_no_model(run_cli, tmp_path) -> None:
-    """`tracking.log_model=none` logs nothing (and `looplab register` then makes a model from
-    the run's artifacts). Fault: the setting ignored."""
+    """`tracking.log_model=none` logs nothing; `looplab predict` then scores from the run's
+    artifacts, and `looplab register` makes a model from them. Fault: the setting ignored."""
     done = run_cli(*QUIET, "experiment=seed", "tracking.log_model=none")
     assert done.returncode == 0, done.stderr
     client = MlflowClient(store_uri(tmp_path))
@@ -273,6 +273,10 @@ def test_log_model_none_and_offline_runs_log_no_model(run_cli, tmp_path) -> None
     assert "looplab.model_id" not in run.data.tags
     assert client.search_logged_models([run.info.experiment_id]) == []
     uri = ("--tracking-uri", store_uri(tmp_path))
+    scored = looplab(tmp_path, "predict", run.info.run_id, str(CSV), *uri)
+    assert scored.returncode == 0, scored.stderr
+    assert f"by the model.pt of run {run.info.run_id}" in scored.stderr
+    assert len(pd.read_csv(pd.io.common.StringIO(scored.stdout))) == 569
     registered = looplab(tmp_path, "register", run.info.run_id, "later", *uri)
     assert registered.returncode == 0 and "registered later version 1" in registered.stdout
     assert len(client.search_logged_models([run.info.experiment_id])) == 1

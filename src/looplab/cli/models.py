@@ -74,11 +74,13 @@ def predict_command(args: argparse.Namespace) -> int:
 
     from looplab.tracking.store import command_settings
 
-    table = read_rows(args.file)
+    if not args.file.is_file():
+        raise DataError(f"CSV file not found: {args.file}")
     with command_settings(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's advice on type hints and pickles
         run = trained_run(args.tracking_uri, args.experiment, args.run_id)
         predictor, source = load_predictor(args.tracking_uri, run)
+    table = read_rows(args.file, predictor.sep, predictor.encoding)
     answers = predictor.predict(table, str(args.file))
     kept = [c for c in table.columns if str(c) in predictor.ignored]  # ids, the target
     result = pd.concat([table[kept].reset_index(drop=True), answers], axis=1)
@@ -91,14 +93,15 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_rows(file: Path) -> Any:
-    """The CSV to score, as pandas reads a training CSV's features (empty cells: NaN)."""
+def read_rows(file: Path, sep: str = ",", encoding: str = "utf-8") -> Any:
+    """The CSV to score, read as the run read its training CSV (its separator and encoding;
+    empty cells are NaN)."""
     import pandas as pd
 
-    if not file.is_file():
-        raise DataError(f"CSV file not found: {file}")
+    from looplab.core.tables import separator
+
     try:
-        table = pd.read_csv(file)
+        table = pd.read_csv(file, sep=separator(sep), encoding=encoding)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read CSV file {file}: {str(error).strip() or 'empty'}") from None
     if table.empty:

@@ -48,7 +48,7 @@ def _read_csv(
     """
     if path is None or target is None:
         raise DataError("dataset=csv needs dataset.path and dataset.target")
-    sep = {"\\t": "\t"}.get(sep, sep)  # `dataset.sep="\t"` typed on a command line: a tab
+    sep = separator(sep)
     file = local_path(path)
     if not file.is_file():
         raise DataError(f"CSV file not found: {file}")
@@ -88,6 +88,11 @@ def _read_csv(
     empty = [column for column in table.columns if table[column].isna().all()]
     table = table.drop(columns=[*drop, *empty])
     return table.drop(columns=[target]), table[target]
+
+
+def separator(sep: str) -> str:
+    """`dataset.sep` as pandas takes it: `"\\t"`, as typed on a command line, is a tab."""
+    return {"\\t": "\t"}.get(sep, sep)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,10 @@ class Predictor:
         self.features: list[str] = self.prep["features"]
         self.task: str = self.prep["task"]
         self.classes: list[str] = self.prep["classes"]
-        self.ignored = {self.prep.get("target"), *config["dataset"].get("drop", [])} - {None}
+        dataset = config["dataset"]
+        self.ignored = {self.prep.get("target"), *dataset.get("drop", [])} - {None}
+        # How the training CSV was read: a new table is read the same way.
+        self.sep, self.encoding = dataset.get("sep") or ",", dataset.get("encoding") or "utf-8"
         self.dtype = getattr(torch, config["train"]["dtype"])
         n_outputs = len(self.classes) if self.task == "multiclass" else 1
         self.network = network(config["model"], len(self.features), n_outputs, self.dtype)
