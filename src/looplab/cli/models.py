@@ -125,12 +125,14 @@ def load_predictor(uri: str, run: Any) -> tuple[Any, str]:
     from looplab.tracking.model_out import run_files
     from looplab.tracking.reader import client
 
-    folder = Path(tempfile.mkdtemp(prefix="looplab-predict-"))
-    try:
-        run_files(client(uri), run.info.run_id, None, folder)
-    except Exception as error:
-        raise TrackingError(f"run {run.info.run_id} has no model in the store: {error}") from None
-    return Predictor(folder), f"the model.pt of run {run.info.run_id}"
+    with tempfile.TemporaryDirectory(prefix="looplab-predict-") as folder:
+        try:
+            run_files(client(uri), run.info.run_id, None, Path(folder))
+        except Exception as error:
+            raise TrackingError(
+                f"run {run.info.run_id} has no model in the store: {error}"
+            ) from None
+        return Predictor(folder), f"the model.pt of run {run.info.run_id}"
 
 
 def register_command(args: argparse.Namespace) -> int:
