@@ -170,7 +170,8 @@ def test_a_users_data_function_is_trained_swept_recorded_and_reproduced(run_cli,
     MLflow dataset input, the digest, the code), and reproduced: refused until trusted, then
     bitwise. Faults: the function's arguments not recorded or not passed (every job the same
     rows), the dataset input named after a built-in or a CSV, user code rerun without
-    consent, or a rerun that reads another table."""
+    consent, a rerun that reads another table, or tracking.skip_finished unable to digest
+    the data before the run (the function not handed to it)."""
     folder = a_users_folder(tmp_path)
     user = ("hydra.searchpath=[file://conf]", "dataset=moons", "model.width=8", "train.epochs=3")
     runs = run_and_sweep(run_cli, folder, user, "dataset.n_rows=100,160")
@@ -195,6 +196,8 @@ def test_a_users_data_function_is_trained_swept_recorded_and_reproduced(run_cli,
 
     target = "dataset._target_=looplab_examples.data.two_moons"
     assert_reproduced_only_when_trusted(folder, run.info.run_id, target)
+    again = run_cli(*user, "tracking.skip_finished=true", cwd=folder)
+    assert "skipped, already FINISHED" in again.stdout, again.stdout + again.stderr
 
 
 # Bad input at the real CLI, in a user's folder: one line, exit 1, no run, no run folder.
