@@ -145,12 +145,12 @@ def _joined(features: Any, labels: Any, target: str | None, where: str) -> tuple
     if not isinstance(features, pd.DataFrame):
         features = np.asarray(features) if isinstance(features, np.ndarray | list) else None
         if features is None or features.ndim != 2:
-            raise DataError(f"{where} returned a tuple whose features are no DataFrame or 2-D array")
+            raise DataError(f"{where} returned features that are no DataFrame or 2-D array")
         features = pd.DataFrame(features, columns=[f"x{i}" for i in range(features.shape[1])])
     if not isinstance(labels, pd.Series):
         labels = np.asarray(labels) if isinstance(labels, np.ndarray | list) else None
         if labels is None or labels.ndim != 1:
-            raise DataError(f"{where} returned a tuple whose target is no Series or 1-D array")
+            raise DataError(f"{where} returned a target that is no Series or 1-D array")
         labels = pd.Series(labels)
     name = str(target or labels.name or "target")
     if len(features) != len(labels):
