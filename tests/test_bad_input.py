@@ -34,7 +34,10 @@ CONFIG_CASES = {
     "unknown-key-added": (["+model.widht=3"], ["unknown key model.widht", "model.width"]),
     "unknown-top-key": (["+epochs=3"], ["unknown key epochs", "train"]),
     "unknown-update-key": (["+update.foo=1"], ["unknown key update.foo", "update._target_"]),
-    "unknown-dataset": (["dataset=mnist"], ["dataset=mnist", "is not an option", "digits, iris"]),
+    "unknown-dataset": (
+        ["dataset=mnist"],
+        ["dataset=mnist", "is not an option", "digits, function, iris"],
+    ),
     "unknown-update": (
         ["update=adagrad"],
         ["update=adagrad", "is not an option", "adam, adamw, manual, optim, sgd"],

@@ -24,7 +24,15 @@ def options(group: str) -> list[str]:
 
 
 def test_the_groups_offer_what_the_docs_promise() -> None:
-    assert options("dataset") == ["breast_cancer", "csv", "diabetes", "digits", "iris", "wine"]
+    assert options("dataset") == [
+        "breast_cancer",
+        "csv",
+        "diabetes",
+        "digits",
+        "function",
+        "iris",
+        "wine",
+    ]
     assert options("update") == ["adam", "adamw", "manual", "optim", "sgd"]
     assert options("device") == ["auto", "cpu", "cuda", "mps"]
     assert "seed" in options("experiment")
@@ -51,12 +59,17 @@ def test_the_groups_offer_what_the_docs_promise() -> None:
     ],
 )
 def test_every_option_composes_and_validates(override: str) -> None:
-    extra = ["dataset.path=x.csv", "dataset.target=y"] if override == "dataset=csv" else []
+    extra = {
+        "dataset=csv": ["dataset.path=x.csv", "dataset.target=y"],
+        "dataset=function": ["dataset._target_=sklearn.datasets.make_moons"],
+    }.get(override, [])
     cfg = plain_config(compose_raw(override, *extra))
     validate(cfg)
     key, value = override.split("=", 1)
     if key == "update" and "_target_" in cfg["update"]:  # an optimiser, by its class
         assert cfg["update"]._target_.startswith("torch.optim.")
+    elif key == "dataset" and "_target_" in cfg.dataset:  # your own data: named as its function
+        assert cfg.dataset.name == "make_moons" and "path" not in cfg.dataset
     elif key in GROUPS[:3]:
         assert cfg[key].name == value
     elif key != "experiment":

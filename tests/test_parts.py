@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import store_uri
 
 from looplab.core.errors import ConfigError
 from looplab.launch.parts import parts_of
@@ -113,6 +114,34 @@ def a_users_folder(tmp_path: Path) -> Path:
     return folder
 
 
+def run_and_sweep(run_cli, folder: Path, user: tuple[str, ...], swept: str) -> list:
+    """`looplab-train USER` and `looplab-train -m USER SWEPT` (two jobs) in a user's folder,
+    both fine; every run of its default store, oldest first."""
+    done = run_cli(*user, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    sweep = run_cli("-m", *user, swept, cwd=folder)
+    assert sweep.returncode == 0, sweep.stderr
+    assert "sweep: 2 of 2 jobs finished" in sweep.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri(folder))
+    return client.search_runs(
+        [client.get_experiment_by_name("looplab").experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def assert_reproduced_only_when_trusted(folder: Path, run_id: str, target: str) -> None:
+    """`looplab reproduce` of a run that names the examples' code: refused in one line naming
+    `target` and --trust, then, trusted, bitwise identical (its code unchanged)."""
+    refused = looplab_in(folder, "reproduce", run_id)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert target in refused.stderr and "--trust looplab_examples" in refused.stderr
+    trusted = looplab_in(folder, "reproduce", run_id, "--trust", "looplab_examples")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert "bitwise identical" in trusted.stdout and "has changed" not in trusted.stderr
+
+
 def looplab_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [LOOPLAB, *args],
@@ -135,20 +164,7 @@ def test_a_users_own_network_and_optimiser_get_everything_a_built_in_gets(
     the schema, user code rerun without consent, a changed package not noticed."""
     folder = a_users_folder(tmp_path)
     user = ("hydra.searchpath=[file://conf]", "experiment=digits_cnn", "train.epochs=3")
-    done = run_cli(*user, cwd=folder)
-    assert done.returncode == 0, done.stderr
-    sweep = run_cli("-m", *user, "model.channels=4,8", cwd=folder)
-    assert sweep.returncode == 0, sweep.stderr
-    assert "sweep: 2 of 2 jobs finished" in sweep.stdout
-
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{folder / 'outputs' / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs(
-        [client.get_experiment_by_name("looplab").experiment_id],
-        order_by=["attributes.start_time ASC"],
-    )
+    runs = run_and_sweep(run_cli, folder, user, "model.channels=4,8")
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "digits_cnn epochs=3"
     params = run.data.params
@@ -162,12 +178,7 @@ def test_a_users_own_network_and_optimiser_get_everything_a_built_in_gets(
     state = torch.load(next(folder.glob("outputs/runs/*/*/model.pt")), weights_only=True)
     assert state["features.0.weight"].shape == (6, 1, 3, 3)  # the CNN's, with channels=6
 
-    refused = looplab_in(folder, "reproduce", run.info.run_id)
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert "--trust looplab_examples" in refused.stderr
-    trusted = looplab_in(folder, "reproduce", run.info.run_id, "--trust", "looplab_examples")
-    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
-    assert "bitwise identical" in trusted.stdout and "has changed" not in trusted.stderr
+    assert_reproduced_only_when_trusted(folder, run.info.run_id, "model._target_")
     with (folder / "looplab_examples" / "nets.py").open("a") as source:
         source.write("# edited since the run\n")
     edited = looplab_in(folder, "reproduce", run.info.run_id, "--trust", "looplab_examples")

@@ -19,6 +19,10 @@ CASES = [
     ("train.lr=fast", "train.lr=fast is not allowed: it must be a number"),
     ("tracking.enabled=maybe", "tracking.enabled=maybe is not allowed: it must be true or false"),
     ("dataset.drop=5", "dataset.drop=5 is not allowed: it must be a list, e.g. [a,b]"),
+    # dataset is typed Any (for dataset._target_): plain_config types a built-in's keys
+    ("dataset.test_size=abc", "dataset.test_size=abc is not allowed: it must be a number"),
+    ("dataset.missing=fill", "dataset.missing=fill is not allowed: choose one of refuse, drop"),
+    ("+dataset.foo=1", "unknown key dataset.foo: dataset has only name, path, target"),
     ("train.lr=null", "train.lr=null is not allowed: it cannot be null"),
     ("model=5", "it is a group of keys; set one key in it"),
     ("model.widht=3", "unknown key model.widht: did you mean model.width?"),

@@ -148,14 +148,13 @@ def reproduce_command(args: argparse.Namespace) -> int:
 def note_changed_code(run: Run, cfg: DictConfig) -> None:
     """Say which of the user's packages the run used have changed since (by the digest of
     their sources, `looplab.code`): a rerun then trains today's code, not the run's."""
-    from looplab.launch.parts import code_record
+    from looplab.launch.parts import code_record, targets
 
     try:
         then = json.loads(run.data.tags.get(CODE, "{}"))
     except json.JSONDecodeError:
         then = {}
-    targets = [str(cfg[key]._target_) for key in ("model", "update") if "_target_" in cfg[key]]
-    now = code_record(targets) if then else {}
+    now = code_record(targets(cfg)) if then else {}
     for package, recorded in sorted(then.items()):
         if now.get(package) != recorded:
             print(

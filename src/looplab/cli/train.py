@@ -54,6 +54,7 @@ from looplab.tracking import OfflineTracker, Tracker, start_tracker
 
 if TYPE_CHECKING:
     from looplab.run.execute import RunResult
+    from looplab.run.parts import Parts
 
 register()
 
@@ -189,7 +190,7 @@ def train_job(cfg: DictConfig) -> float:
         tags |= recorded_choices(hydra_config) | requested_tags()
         name = tags.pop(tag.RUN_NAME, name)
         if plain.tracking.skip_finished and tracker is not None:
-            skipped = skip_if_finished(plain, tracker, job, name)
+            skipped = skip_if_finished(plain, tracker, job, name, parts)
             if skipped is not None:
                 return skipped
         result = execute(
@@ -289,7 +290,7 @@ def requested_tags() -> dict[str, str]:
 
 
 def skip_if_finished(
-    plain: DictConfig, tracker: Tracker, job: SweepJob | None, name: str
+    plain: DictConfig, tracker: Tracker, job: SweepJob | None, name: str, parts: Parts
 ) -> float | None:
     """With `tracking.skip_finished=true`: when a FINISHED run of the experiment trained the
     same config (less where it is recorded) on the same data (by digest), say so, record the
@@ -300,7 +301,7 @@ def skip_if_finished(
     from looplab.run.naming import identity
     from looplab.run.records import describe_data
 
-    digest = describe_data(plain).digest
+    digest = describe_data(plain, parts).digest
     run_id, val_loss = tracker.find_finished(identity(plain), digest)
     if run_id is None:
         return None

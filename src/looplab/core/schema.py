@@ -3,23 +3,25 @@ is worded for the user.
 
 Hydra merges `conf/` on top of these dataclasses (see `looplab.launch.schema`), so a wrong
 type or an option outside an enum fails at composition time; `core.validate` adds what a
-type cannot express. `model` and `update` are typed Any, so that a node naming the user's
-own class (`_target_`) fits; without one, `plain_config` holds them to their built-in
-schema (`BUILTIN`). Neither Hydra nor MLflow is imported here: the core knows OmegaConf only.
+type cannot express. `dataset`, `model` and `update` are typed Any, so that a node naming the
+user's own function or class (`_target_`) with its arguments fits; `plain_config` holds them
+to their built-in schema (`BUILTIN`), as OmegaConf would. Neither Hydra nor MLflow is
+imported here: the core knows OmegaConf only.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -29,6 +31,7 @@ from omegaconf.errors import (
 
 from looplab.core.errors import ConfigError
 from looplab.core.paths import PACKAGE_PREFIX, default_store_uri
+from looplab.core.typed import allowed, typed
 
 
 class Task(StrEnum):
@@ -151,9 +154,28 @@ class TrackingConfig:
     log_model: LogModel = LogModel.best  # which FINISHED runs get an MLflow logged model
 
 
+# How a CSV file is read. A data set of your own (`dataset._target_`) passes them to its
+# function when they are set, and leaves them out at these defaults.
+FILE_KEYS = ("path", "sep", "encoding")
+
+
+@functools.cache
+def _defaults(schema: type) -> dict[str, Any]:
+    """A node's defaults as a config holds them: an enum's value, and None where the schema
+    has none (`name`). Shared: copy before changing one."""
+    found = {}
+    for f in fields(schema):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        found[f.name] = None if value == MISSING else getattr(value, "value", value)
+    return found
+
+
 @dataclass
 class LooplabConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # DatasetConfig's keys (a `dataset=` file sets some), or `{_target_: your.function, ...its
+    # arguments}` beside looplab's own data keys: every key here, so that `dataset.KEY=...`
+    # overrides any data set's.
+    dataset: Any = field(default_factory=lambda: copy.deepcopy(_defaults(DatasetConfig)))
     # ModelConfig's keys (conf/train.yaml), or `{_target_: your.Module, ...its keys}`.
     model: Any = field(default_factory=dict)
     # `{name: manual|sgd}` (UpdateConfig), or `{_target_: torch.optim.CLASS, ...its arguments}`:
@@ -166,12 +188,27 @@ class LooplabConfig:
 
 
 # The schema of each node typed Any above when it names no `_target_`.
-BUILTIN: dict[str, type] = {"model": ModelConfig, "update": UpdateConfig}
+BUILTIN: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "model": ModelConfig,
+    "update": UpdateConfig,
+}
 
 
 def has_target(node: Any) -> bool:
     """Whether a config node names a class or function to call (`_target_`, as Hydra's)."""
     return isinstance(node, DictConfig | dict) and "_target_" in node
+
+
+def target_arguments(group: str, node: DictConfig) -> dict[str, Any]:
+    """The keys of a `_target_` node that are its target's arguments, as plain values: all
+    but looplab's own (a data set's name, target, drop, task, test_size and missing)."""
+    ours = set(_defaults(DatasetConfig)) - set(FILE_KEYS) if group == "dataset" else set()
+    return {
+        str(key): value
+        for key, value in OmegaConf.to_container(node, resolve=True).items()
+        if key != "_target_" and key not in ours
+    }
 
 
 def hidden_widths(width: int, hidden: Sequence[int] | None = None) -> list[int]:
@@ -219,75 +256,81 @@ def unknown_key_message(key: str) -> str:
     return f"unknown key {key}: {hint}{where} only {', '.join(known)}"
 
 
+def hold_nodes(plain: DictConfig) -> None:
+    """In place: the nodes typed Any held to their built-in schema (`hold_model`,
+    `hold_dataset`), and a config with no update (the schema's is empty) given the manual one."""
+    if not plain.get("update"):
+        plain.update = {"name": UpdateName.manual.value}
+    hold_model(plain)
+    hold_dataset(plain)
+
+
+def hold_dataset(plain: DictConfig) -> None:
+    """In place: a built-in data set typed as its schema says (ConfigError names the key),
+    each missing key at its default. The user's own (`dataset._target_`) keeps looplab's data
+    keys typed (its name defaults to the function's) and its function's arguments as they
+    are; a file's keys (`FILE_KEYS`) left at their defaults mean nothing to it."""
+    dataset = _keys_node(plain, "dataset")
+    if OmegaConf.is_missing(dataset, "_target_"):
+        raise ConfigError(
+            "dataset._target_ is missing: dataset=function needs the function that returns your "
+            "table, dataset._target_=PACKAGE.MODULE.FUNCTION"
+        )
+    if has_target(dataset):
+        for key in FILE_KEYS:
+            if key in dataset and dataset[key] == _defaults(DatasetConfig)[key]:
+                del dataset[key]
+        if dataset.get("name") is None:
+            dataset.name = str(dataset._target_).rsplit(".", 1)[-1]
+        _hold(dataset, "dataset", DatasetConfig, skip=FILE_KEYS)
+        return
+    _schema_keys_only(dataset, "dataset", "; your own data's arguments go beside dataset._target_")
+    _hold(dataset, "dataset", DatasetConfig)
+
+
 def hold_model(plain: DictConfig) -> None:
     """In place: the built-in model typed as its schema says (ConfigError names the key), each
-    missing key at its default (and a missing update, the manual one); the user's own
-    (`model._target_`) without the built-in keys left at their defaults, which mean nothing
-    to it. Plain Python, not an OmegaConf merge: it runs for every job of a sweep, twice."""
-    if not plain.get("update"):  # a config with no update (the schema's is empty): manual
-        plain.update = {"name": UpdateName.manual.value}
-    model = plain.model
-    if not isinstance(model, DictConfig):  # `model=5`: a value where keys belong
-        raise ConfigError(f"model={model} is not allowed: it is a group of keys; set one key in it")
-    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    missing key at its default; the user's own (`model._target_`) without the built-in keys
+    left at their defaults, which mean nothing to it. Plain Python, not an OmegaConf merge:
+    it runs for every job of a sweep, twice."""
+    model = _keys_node(plain, "model")
     if has_target(model):
+        defaults = _defaults(ModelConfig)
         for key in [k for k in model if k in defaults and model[k] == defaults[k]]:
             del model[key]
         return
-    for key in model:
-        if key not in defaults:
-            raise ConfigError(unknown_key_message(f"model.{key}"))
-    hints = _model_hints()
-    for key, default in defaults.items():
-        value = model.get(key, default)
-        typed = _typed(f"model.{key}", value, hints[key])
-        if key not in model or (typed is not value and typed != value):  # added, or converted
-            model[key] = typed
+    _schema_keys_only(model, "model")
+    _hold(model, "model", ModelConfig)
+
+
+def _keys_node(plain: DictConfig, key: str) -> DictConfig:
+    node = plain[key]
+    if not isinstance(node, DictConfig):  # `model=5`: a value where keys belong
+        raise ConfigError(f"{key}={node} is not allowed: it is a group of keys; set one key in it")
+    return node
+
+
+def _schema_keys_only(node: DictConfig, group: str, hint: str = "") -> None:
+    for key in node:
+        if key not in _defaults(BUILTIN[group]):
+            raise ConfigError(unknown_key_message(f"{group}.{key}") + hint)
+
+
+def _hold(node: DictConfig, group: str, schema: type, skip: Sequence[str] = ()) -> None:
+    """In place: each key of `schema` (but `skip`) typed, a missing one at its default."""
+    hints = _hints(schema)
+    for key, default in _defaults(schema).items():
+        if key in skip:
+            continue
+        value = node.get(key, default)
+        converted = typed(f"{group}.{key}", value, hints[key])
+        if key not in node or converted is not value:  # added, or converted
+            node[key] = converted  # OmegaConf copies it: a default list is never shared
 
 
 @functools.cache
-def _model_hints() -> dict[str, Any]:
-    return get_type_hints(ModelConfig)
-
-
-def _typed(key: str, value: Any, hint: Any) -> Any:
-    """`value` as the schema's `hint` holds it (an int, a StrEnum's value, a list of ints or
-    None), as OmegaConf would convert it; else ConfigError in OmegaConf's words."""
-    if isinstance(hint, type) and issubclass(hint, StrEnum):
-        if str(value) in {m.value for m in hint}:
-            return str(value)
-        allowed = f"choose one of {', '.join(m.value for m in hint)}"
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        allowed = "it must be an integer"
-    elif value is None:  # list[int] | None
-        return None
-    else:
-        if isinstance(value, list | ListConfig):
-            return [_typed(f"{key}[{i}]", v, int) for i, v in enumerate(value)]
-        allowed = "it must be a list, e.g. [a,b]"
-    raise ConfigError(f"{key}={value} is not allowed: {allowed}")
-
-
-def _allowed(message: str) -> str:
-    """What OmegaConf's type check allows, in a user's words."""
-    checks = [
-        (r"expected one of \[(.*)\]", lambda m: f"choose one of {m.group(1)}"),
-        (r"converted to Integer", lambda m: "it must be an integer"),
-        (r"converted to Float", lambda m: "it must be a number"),
-        (r"not a valid bool", lambda m: "it must be true or false"),
-        (r"is not a ListConfig", lambda m: "it must be a list, e.g. [a,b]"),
-        (r"is not Optional", lambda m: "it cannot be null"),
-        (r"is not a subclass of (\w+)", lambda m: "it is a group of keys; set one key in it"),
-    ]
-    for pattern, wording in checks:
-        found = re.search(pattern, message)
-        if found:
-            return wording(found)
-    return message
+def _hints(schema: type) -> dict[str, Any]:
+    return get_type_hints(schema)
 
 
 def omegaconf_message(error: OmegaConfBaseException) -> str:
@@ -299,7 +342,7 @@ def omegaconf_message(error: OmegaConfBaseException) -> str:
         return unknown_key_message(key)
     if isinstance(error, ValidationError):
         value = "null" if error.value is None else error.value
-        return f"{key}={value} is not allowed: {_allowed(message)}"
+        return f"{key}={value} is not allowed: {allowed(message)}"
     return f"{key}: {message}"
 
 
@@ -315,11 +358,12 @@ def plain_config(cfg: DictConfig, launch_dir: Path | None = None) -> DictConfig:
             "(a running `mlflow server`, e.g. one started with `looplab server`)"
         )
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    hold_model(plain)
+    hold_nodes(plain)
     if plain.tracking.enabled and not plain.tracking.uri:
         plain.tracking.uri = default_store_uri(launch_dir)
     path = plain.dataset.get("path")
-    if path and not str(path).startswith(PACKAGE_PREFIX):
+    # A CSV's path; a function of yours (`dataset._target_`) reads its own as it likes.
+    if path and not has_target(plain.dataset) and not str(path).startswith(PACKAGE_PREFIX):
         # A file the user named: absolute, so the recorded config reads it from anywhere.
         plain.dataset.path = str(((launch_dir or Path.cwd()) / Path(path).expanduser()).resolve())
     return plain

@@ -1,13 +1,16 @@
-"""Reading a table: a built-in data set or any CSV, checked, remembered while unchanged,
-and described (its digest, MLflow's dataset input) so a changed data set is told apart."""
+"""Reading a table: a built-in data set, any CSV, or what the user's own function returns,
+checked, remembered while unchanged, and described (its digest, MLflow's dataset input) so
+a changed data set is told apart."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES  # pandas' own list of missing-value marks
 
@@ -67,24 +70,33 @@ def _read_csv(
         raise DataError(f"cannot read CSV file {file}: {error}") from None
     if table.empty:
         raise DataError(f"CSV file has a header but no rows: {file}")
-    if target not in table.columns:
-        # One column, and another separator in its name: the file is not split on `sep`.
-        found = [c for c in ";\t|," if c != sep and len(table.columns) == 1 and c in header[0]]
-        shown = {"\t": "\\t"}.get(found[0], found[0]) if found else ""
+    hint = ""
+    # One column, and another separator in its name: the file is not split on `sep`.
+    found = [c for c in ";\t|," if c != sep and len(table.columns) == 1 and c in header[0]]
+    if found and target not in table.columns:
+        shown = {"\t": "\\t"}.get(found[0], found[0])
         hint = f"; its header looks separated by '{shown}': pass 'dataset.sep=\"{shown}\"'"
-        hint = hint if found else ""
+    return _columns(table, target, drop, file.name, hint)
+
+
+def _columns(
+    table: pd.DataFrame, target: str, drop: list[str], where: str, hint: str = ""
+) -> tuple[pd.DataFrame, pd.Series]:
+    """A whole table as features and target: `drop` and entirely empty columns left out.
+    `hint`: what to try when the target is not there."""
+    if target not in table.columns:
         raise DataError(
-            f"target column '{target}' is not in {file.name}; its columns are: "
+            f"target column '{target}' is not in {where}; its columns are: "
             + ", ".join(map(str, table.columns))
             + hint
         )
     missing = [column for column in drop if column not in table.columns]
     if missing:
-        raise DataError(f"dataset.drop names columns that {file.name} lacks: {', '.join(missing)}")
+        raise DataError(f"dataset.drop names columns that {where} lacks: {', '.join(missing)}")
     if target in drop:
         raise DataError(f"dataset.drop=[{', '.join(drop)}] drops the target column '{target}'")
     if table[target].isna().all():
-        raise DataError(f"target column '{target}' of {file.name} is empty")
+        raise DataError(f"target column '{target}' of {where} is empty")
     empty = [column for column in table.columns if table[column].isna().all()]
     table = table.drop(columns=[*drop, *empty])
     return table.drop(columns=[target]), table[target]
@@ -95,10 +107,72 @@ def separator(sep: str) -> str:
     return {"\\t": "\t"}.get(sep, sep)
 
 
+def returned_table(
+    function: str, load: Callable[[], Any] | None, target: str | None, drop: list[str]
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Features and target from the user's own function (`dataset._target_`, its arguments
+    bound: `load`): a DataFrame whose column `target` is the target, or a tuple (features,
+    target), arrays allowed; then checked as a CSV's columns are."""
+    where = f"dataset._target_={function}"
+    if load is None:  # a caller that skipped launch.parts.parts_of
+        raise DataError(f"{where} was not looked up: it comes as Parts.data (parts_of)")
+    try:
+        returned = load()
+    except Exception as error:  # the user's code: its reason, and its traceback on request
+        raise DataError(
+            f"{where} failed: {type(error).__name__}: {error} (HYDRA_FULL_ERROR=1 shows where)"
+        ) from error
+    if isinstance(returned, pd.DataFrame):
+        if target is None:
+            raise DataError(
+                f"{where} returned a table: name its target column with dataset.target=COLUMN "
+                f"(its columns: {', '.join(map(str, returned.columns))})"
+            )
+        table = returned.reset_index(drop=True)
+    elif isinstance(returned, tuple) and len(returned) == 2:
+        table, target = _joined(*returned, target, where)
+    else:
+        raise DataError(
+            f"{where} returned {type(returned).__name__}: it must return a pandas DataFrame "
+            "(its target column named by dataset.target) or a tuple (features, target)"
+        )
+    table.columns = [str(column) for column in table.columns]
+    twice = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if twice or table.empty:
+        what = f"columns named twice: {', '.join(twice)}" if twice else "no rows"
+        raise DataError(f"the table {where} returned has {what}")
+    return _columns(table, target, drop, f"the table {function} returned")
+
+
+def _joined(features: Any, labels: Any, target: str | None, where: str) -> tuple[pd.DataFrame, str]:
+    """(features, target) as one table, and its target column's name: `dataset.target`, the
+    Series' own name, or "target". Arrays are taken too (columns x0, x1, ...)."""
+    if not isinstance(features, pd.DataFrame):
+        features = np.asarray(features) if isinstance(features, np.ndarray | list) else None
+        if features is None or features.ndim != 2:
+            raise DataError(f"{where} returned features that are no DataFrame or 2-D array")
+        features = pd.DataFrame(features, columns=[f"x{i}" for i in range(features.shape[1])])
+    if not isinstance(labels, pd.Series):
+        labels = np.asarray(labels) if isinstance(labels, np.ndarray | list) else None
+        if labels is None or labels.ndim != 1:
+            raise DataError(f"{where} returned a target that is no Series or 1-D array")
+        labels = pd.Series(labels)
+    name = str(target or labels.name or "target")
+    if len(features) != len(labels):
+        raise DataError(
+            f"{where} returned {len(features)} rows of features and {len(labels)} targets"
+        )
+    if name in map(str, features.columns):
+        raise DataError(f"{where} returned features with a column named as the target: {name}")
+    labels = labels.reset_index(drop=True).rename(name)
+    return pd.concat([features.reset_index(drop=True), labels], axis=1), name
+
+
 @dataclass(frozen=True)
 class Table:
-    """Which table a run reads: a built-in data set, or a CSV and how to read it. The one
-    spelling of these six settings; frozen, so a read table can be remembered by it."""
+    """Which table a run reads: a built-in data set, a CSV and how to read it, or the user's
+    own function and its arguments. The one spelling of these settings; frozen, so a read
+    table can be remembered by it (by the function's name and arguments, not by `load`)."""
 
     name: str
     path: str | None = None
@@ -106,10 +180,13 @@ class Table:
     drop: tuple[str, ...] = ()
     sep: str = ","
     encoding: str = "utf-8"
+    function: str | None = None  # your own data: `dataset._target_`
+    arguments: str = ""  # ... and its arguments, as JSON
+    load: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def stamp(self) -> tuple[str, int, int] | None:
         """A CSV file's path, time and size (a changed file is read again); None otherwise."""
-        if self.name != "csv" or self.path is None:
+        if self.name != "csv" or self.path is None or self.function is not None:
             return None
         info = local_path(self.path).stat()
         return (str(local_path(self.path).resolve()), info.st_mtime_ns, info.st_size)
@@ -144,17 +221,21 @@ def read_table(table: Table) -> ReadTable:
     try:
         stamp = table.stamp()
     except OSError:  # not there: let load_table say what is wrong with the file
-        return ReadTable(table, *load_table(**_settings(table)))
+        return ReadTable(table, *_load(table))
     return _remembered(table, stamp)
 
 
 @functools.lru_cache(maxsize=1)  # one table at a time: a sweep over data sets piles none up
 def _remembered(table: Table, stamp: tuple[str, int, int] | None) -> ReadTable:
-    return ReadTable(table, *load_table(**_settings(table)))
+    return ReadTable(table, *_load(table))
 
 
-def _settings(table: Table) -> dict[str, Any]:
-    return {f.name: getattr(table, f.name) for f in fields(table)}
+def _load(table: Table) -> tuple[pd.DataFrame, pd.Series]:
+    if table.function is not None:
+        return returned_table(table.function, table.load, table.target, list(table.drop))
+    return load_table(
+        table.name, table.path, table.target, table.drop, table.sep, table.encoding
+    )  # fmt: skip
 
 
 def local_path(path: str) -> Path:
@@ -181,7 +262,7 @@ class DataRecord:
 
     name: str
     digest: str  # of the loaded table: columns, types and every value
-    source: str  # the CSV (path or pkg:// name) or the scikit-learn loader
+    source: str  # the CSV (path or pkg:// name), the scikit-learn loader, or your function
     source_type: str
     rows: int
     columns: list[tuple[str, str]]  # (name, MLflow type: double or string)
@@ -208,15 +289,18 @@ def _record_of(table: Table, features: pd.DataFrame, labels: pd.Series) -> DataR
     digest.update("\0".join(f"{c}:{t}" for c, t in whole.dtypes.items()).encode())
     digest.update(pd.util.hash_pandas_object(whole, index=False).to_numpy().tobytes())
     file_sha256 = None
-    if name == "csv" and path is not None:
+    if table.function is not None:  # your own data: named as you named it, from your code
+        stem, source, source_type = name, table.function, "code"
+    elif name == "csv" and path is not None:
+        stem, source, source_type = Path(path).stem, path, "local"
         file_sha256 = hashlib.sha256(local_path(path).read_bytes()).hexdigest()
-    source = path if name == "csv" and path else f"sklearn.datasets.load_{name}"
-    stem = Path(str(path)).stem if name == "csv" and path else name
+    else:
+        stem, source, source_type = name, f"sklearn.datasets.load_{name}", "code"
     return DataRecord(
         name=stem,
         digest=digest.hexdigest()[:16],
         source=str(source),
-        source_type="local" if name == "csv" else "code",
+        source_type=source_type,
         rows=len(whole),
         columns=[
             (str(column), "double" if pd.api.types.is_numeric_dtype(values) else "string")

@@ -1,5 +1,6 @@
 """The rules a config must meet before anything runs, beyond its types: unknown keys, ranges,
-and what goes with what (a CSV's keys, an optimiser's arguments, the user's own model).
+and what goes with what (a CSV's keys, an optimiser's arguments, the user's own model; the
+user's own data, `dataset._target_`, keeps the keys its function takes).
 
 One place, called on every `plain_config` (a run, each job of a sweep before the first, a
 recorded config before `looplab reproduce` reruns it); a rule broken is one ConfigError
@@ -80,7 +81,8 @@ def _check_keys(node: Any, schema: type, prefix: str = "") -> None:
         full = f"{prefix}{key}"
         if key not in hints:
             raise ConfigError(unknown_key_message(full))
-        # model and update (typed Any) have their own: `schema.hold_model`, `check_update`
+        # dataset, model and update (typed Any) have their own: `schema.hold_nodes`,
+        # `check_update`
         if is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
             _check_keys(node[key], hints[key], f"{full}.")
 
@@ -131,13 +133,18 @@ def validate(cfg: DictConfig) -> None:
         cfg.tracking.wait_s,
         "it must be >= 0 seconds (0 = do not wait for a store that is away)",
     )
+    if "_target_" not in dataset:  # your own data's other keys are its function's (parts_of)
+        _check_csv_keys(dataset)
+
+
+def _check_csv_keys(dataset: DictConfig) -> None:
+    """A CSV needs its file and target column; a built-in data set takes neither."""
     if dataset.name != "csv":
         _refuse_csv_keys(dataset)
-    else:
-        if dataset.path is None:
-            raise ConfigError("dataset.path is missing: dataset=csv needs dataset.path=FILE.csv")
-        if dataset.target is None:
-            raise ConfigError("dataset.target is missing: dataset=csv needs dataset.target=COLUMN")
+    elif dataset.path is None:
+        raise ConfigError("dataset.path is missing: dataset=csv needs dataset.path=FILE.csv")
+    elif dataset.target is None:
+        raise ConfigError("dataset.target is missing: dataset=csv needs dataset.target=COLUMN")
 
 
 # The keys that only `dataset=csv` reads, with the value that means "not set".
@@ -152,7 +159,8 @@ def _refuse_csv_keys(dataset: DictConfig) -> None:
             shown = f"[{','.join(map(str, value))}]" if key == "drop" else value
             raise ConfigError(
                 f"dataset.{key}={shown} is not allowed: dataset={dataset.name} is built in; "
-                "dataset.path, target, drop, sep and encoding are for dataset=csv"
+                "dataset.path, target, drop, sep and encoding are for dataset=csv (target and "
+                "drop for your own data too: dataset._target_)"
             )
 
 

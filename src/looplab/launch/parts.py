@@ -1,6 +1,6 @@
 """What a config names by `_target_` (an optimiser, `update._target_`; the user's own network,
-`model._target_`), found with Hydra's own `instantiate` on the Hydra side and handed to the
-run as `run.prepare.Parts`.
+`model._target_`; the user's own data, `dataset._target_`), found with Hydra's own
+`instantiate` on the Hydra side and handed to the run as `run.parts.Parts`.
 
 Found before anything runs (a job, and every job of a sweep in its whole-sweep check), so a
 target that is not there, or an argument it does not take, is one line and no run. The
@@ -24,52 +24,72 @@ from omegaconf import DictConfig
 
 from looplab.core.errors import ConfigError
 from looplab.core.paths import importable_here
+from looplab.core.schema import target_arguments
 from looplab.run.parts import Parts
 
 # What each part is called with, beside its config's own keys.
-CALLED_WITH = {"update": ("params", "lr"), "model": ("n_features", "n_outputs")}
+CALLED_WITH = {
+    "update": ("params", "lr"),
+    "model": ("n_features", "n_outputs"),
+    "dataset": (),
+}
+# What each part may be, for a message that names a target that cannot be used.
+EXAMPLES = {
+    "update": "torch.optim.RMSprop",
+    "model": "mypackage.nets.SmallCNN",
+    "dataset": "mypackage.data.load_table",
+}
+# What else a message about a part's arguments says.
+NOTES = {"dataset": " (dataset.name, target, drop, task, test_size and missing are looplab's)"}
 # Packages that are looplab's own or its pinned dependencies: no user code to record.
-NOT_USER_CODE = ("torch", "looplab", "hydra_plugins")
+NOT_USER_CODE = ("torch", "looplab", "hydra_plugins", "sklearn", "pandas", "numpy")
 
 
 def parts_of(cfg: DictConfig) -> Parts:
     """The `Parts` of a plain config: each `_target_` found, its arguments checked."""
-    found = {}
-    for key in CALLED_WITH:
-        node = cfg[key]  # cfg.update is DictConfig's own method
-        if "_target_" in node:
-            found[key] = _partial(key, node)
+    found = {key: _partial(key, cfg[key]) for key in CALLED_WITH if "_target_" in cfg[key]}
     if not found:
         return Parts()
-    targets = [str(cfg[key]._target_) for key in found]
-    return Parts(optimizer=found.get("update"), model=found.get("model"), code=code_record(targets))
+    return Parts(
+        optimizer=found.get("update"),
+        model=found.get("model"),
+        data=found.get("dataset"),
+        code=code_record(targets(cfg)),
+    )
+
+
+def targets(cfg: DictConfig) -> list[str]:
+    """Every `_target_` a plain config names (`cfg[key]`: cfg.update is DictConfig's method)."""
+    return [str(cfg[key]._target_) for key in CALLED_WITH if "_target_" in cfg[key]]
 
 
 def _partial(key: str, node: DictConfig) -> Any:
-    """`node._target_` with its config's keys bound, checked against what looplab will call it
-    with (`CALLED_WITH`)."""
+    """`node._target_` with its arguments bound (`target_arguments`), checked against what
+    looplab will call it with (`CALLED_WITH`)."""
     target = node._target_
     importable_here()
     try:
-        factory = instantiate(node, _partial_=True, _convert_="all")
+        factory = instantiate(
+            {"_target_": target, **target_arguments(key, node)}, _partial_=True, _convert_="all"
+        )
     except InstantiationException as error:
-        example = "torch.optim.RMSprop" if key == "update" else "mypackage.nets.SmallCNN"
         raise ConfigError(
-            f"{key}._target_={target} cannot be used: {_why(error)} (a class or function "
-            f"such as {example}, importable from the launch directory or an installed package)"
+            f"{key}._target_={target} cannot be used: {_why(error)} (a class or function such "
+            f"as {EXAMPLES[key]}, importable from the launch directory or an installed package)"
         ) from None
     try:
         signature = inspect.signature(factory.func)
     except (TypeError, ValueError):  # a builtin without a signature: checked at the call
         return factory
-    first, second = CALLED_WITH[key]
+    called = CALLED_WITH[key]
     try:
-        signature.bind(**{first: None, second: 1.0}, **factory.keywords)
+        signature.bind(**dict.fromkeys(called), **factory.keywords)
     except TypeError as error:
-        takes = [n for n in signature.parameters if n not in ("self", first, second)]
+        takes = [n for n in signature.parameters if n not in ("self", *called)]
+        first = f"{' and '.join(called)}, and " if called else ""
         raise ConfigError(
             f"{key}._target_={target} cannot take its arguments ({error}): looplab calls it "
-            f"with {first} and {second}, and {key}.* keys for {', '.join(takes) or 'nothing else'}"
+            f"with {first}{key}.* keys for {', '.join(takes) or 'nothing else'}{NOTES.get(key, '')}"
         ) from None
     return factory
 

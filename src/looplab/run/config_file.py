@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from looplab.core.errors import ConfigError
 from looplab.core.paths import config_dir
-from looplab.core.schema import LooplabConfig, hold_model
+from looplab.core.schema import LooplabConfig, hold_nodes
 from looplab.core.validate import validate
 
 # What says where a run is recorded, not what it is: left out of its config.yaml and identity.
@@ -121,13 +121,13 @@ def checked(body: dict[str, Any], source: str) -> DictConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(LooplabConfig), body)
         plain = OmegaConf.create(OmegaConf.to_container(merged, resolve=True, enum_to_str=True))
-        hold_model(plain)
+        hold_nodes(plain)
     except OmegaConfBaseException as error:
         message = str(error).strip().splitlines()[0]
         raise ConfigError(
             f"{source} does not match looplab's schema at {error.full_key or '?'}: {message}"
         ) from None
-    except ConfigError as error:  # the built-in model's types (`hold_model`)
+    except ConfigError as error:  # the built-in data set's and model's types (`hold_nodes`)
         raise ConfigError(f"{source} does not match looplab's schema: {error}") from None
     validate(plain)
     return plain

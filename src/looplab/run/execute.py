@@ -151,7 +151,7 @@ def _execute(
             run_params["data.classes"] = ",".join(info.classes)
         startup_files = [(config_file, None), (preprocessing_file, None)]
         startup_files += [(hydra_dir, ".hydra")] if hydra_dir else []
-        data_record = describe_data(cfg)
+        data_record = describe_data(cfg, parts)
         tags = {
             "looplab.device": str(ready.device),
             tag.RUN_DIR: str(output_dir.resolve()),

@@ -59,10 +59,12 @@ def params(cfg: DictConfig) -> dict[str, str]:
 
 
 def data_name(cfg: DictConfig) -> str:
-    """The data set as a user knows it: a built-in's name, or a CSV file's stem."""
-    if cfg.dataset.name == "csv" and cfg.dataset.path:
-        return Path(str(cfg.dataset.path)).stem
-    return str(cfg.dataset.name)
+    """The data set as a user knows it: a built-in's name, a CSV file's stem, or the name of
+    your own (`dataset.name`, by default its function's)."""
+    dataset = cfg.dataset
+    if dataset.name == "csv" and dataset.get("path") and not has_target(dataset):
+        return Path(str(dataset.path)).stem
+    return str(dataset.name)
 
 
 # Keys that say where a run is recorded or how it prints, not what it trains: never in a name.
@@ -73,19 +75,20 @@ def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:
     """Short `key=value` words for each value of `cfg` that differs from `baseline`.
 
     A group's choice (`update.name`, `device.name`) is its value alone (`sgd`), an optimiser
-    its class (`Adam`), a CSV path its file's stem, any other key its last part (`width=8`).
+    its class (`Adam`), a CSV path its file's stem and your own data its name, any other key
+    its last part (`width=8`). The keys of a part of yours (`_target_`) are params only.
     """
     ours, theirs = params(cfg), flatten(baseline)
     words = []
     for key, value in ours.items():
         if key.startswith(UNNAMED_PREFIXES) or theirs.get(key) == value:
             continue
-        if key == "dataset.path":
-            words.append(data_name(cfg))
-        elif key.endswith("._target_"):  # an optimiser, a network: its class (its keys: params)
-            words.append(value.rsplit(".", 1)[-1])
-        elif f"{key.split('.')[0]}._target_" in ours:
+        if f"{key.split('.')[0]}._target_" in ours and not key.endswith("._target_"):
             continue
+        if key in ("dataset.path", "dataset._target_"):
+            words.append(data_name(cfg))
+        elif key.endswith("._target_"):  # an optimiser, a network: its class
+            words.append(value.rsplit(".", 1)[-1])
         elif key.endswith(".name"):
             words.append(value)
         else:

@@ -18,4 +18,5 @@ class Parts:
 
     optimizer: Callable[..., Any] | None = None  # called (parameters, lr=train.lr)
     model: Callable[..., Any] | None = None  # called (n_features=, n_outputs=): an nn.Module
+    data: Callable[[], Any] | None = None  # called (): a DataFrame, or (features, target)
     code: dict[str, str] = field(default_factory=dict)  # user package -> digest and version

@@ -3,6 +3,7 @@ model, update, loss. The CLI, `make bench` and the tests all build runs here."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from looplab.core import tables
 from looplab.core.device import resolve_device, step_work
 from looplab.core.loop import EpochCallback, EpochResult, fit
 from looplab.core.model import LossFn, build_model, loss_function, quality, user_model
-from looplab.core.schema import hidden_widths, update_name
+from looplab.core.schema import has_target, hidden_widths, target_arguments, update_name
 from looplab.core.update import Updater, build_update
 from looplab.run.parts import Parts
 
@@ -94,7 +95,7 @@ def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = No
     dtype = getattr(torch, cfg.train.dtype)
     # A device that is not here is refused before the data loads; auto is weighed after.
     device, device_reason = resolve_device(cfg.device.name)
-    read = tables.read_table(table_of(cfg))
+    read = tables.read_table(table_of(cfg, parts))
     dataset = cfg.dataset
     split = datasets.split_and_scale(
         read.features, read.labels, dataset.test_size, cfg.seed, dataset.task, dataset.missing
@@ -155,9 +156,19 @@ def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = No
     )
 
 
-def table_of(cfg: DictConfig) -> tables.Table:
-    """The `dataset.*` keys that say which table is read (the split's keys aside)."""
+def table_of(cfg: DictConfig, parts: Parts | None = None) -> tables.Table:
+    """The `dataset.*` keys that say which table is read (the split's keys aside); for your
+    own data, its function (`parts.data`, its arguments bound), named with its arguments."""
     dataset = cfg.dataset
+    if has_target(dataset):
+        return tables.Table(
+            dataset.name,
+            target=dataset.target,
+            drop=tuple(dataset.drop),
+            function=str(dataset._target_),
+            arguments=json.dumps(target_arguments("dataset", dataset), sort_keys=True, default=str),
+            load=parts.data if parts is not None else None,
+        )
     return tables.Table(
         dataset.name, dataset.path, dataset.target, tuple(dataset.drop), dataset.sep,
         dataset.encoding,

@@ -11,12 +11,14 @@ from omegaconf import DictConfig
 
 from looplab.core import data as datasets
 from looplab.core import tables
+from looplab.run.parts import Parts
 from looplab.run.prepare import table_of
 
 
-def describe_data(cfg: DictConfig) -> tables.DataRecord:
-    """The data record of a plain config's data set (its table is read once per process)."""
-    return tables.describe_data(table_of(cfg))
+def describe_data(cfg: DictConfig, parts: Parts | None = None) -> tables.DataRecord:
+    """The data record of a plain config's data set (its table is read once per process;
+    `parts.data` is the user's own data's function)."""
+    return tables.describe_data(table_of(cfg, parts))
 
 
 def dataset_input(record: tables.DataRecord) -> dict[str, str]:
