@@ -194,18 +194,20 @@ class SweepCallback(Callback):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         hint = sweep_hint(uri, parent.experiment_id, parent_id) if parent_id else None
-        _print_summary(records, table_text, parent_id, hint, stopped_by)
-        best_id = tags.get(tag.BEST_RUN_ID)
+        best_id, best_line = tags.get(tag.BEST_RUN_ID), None
         if best is not None and best_id and best_model and not stopped_by:
             best_run = next((r for r in runs if r.info.run_id == best_id), None)
-            log_best_model(uri, best, best_id, best_run, parent_id)
+            best_line = log_best_model(uri, best, best_id, best_run, parent_id)
+        _print_summary(records, table_text, parent_id, hint, stopped_by, best_line)
         if parent.note:
             print(parent.note)
 
 
-def log_best_model(uri: str, best: JobRecord, run_id: str, run: Any, parent_id: str | None) -> None:
+def log_best_model(
+    uri: str, best: JobRecord, run_id: str, run: Any, parent_id: str | None
+) -> str | None:
     """The best child's MLflow model (unless it has one), and a line that says how to register
-    it; a store that refuses is a warning: the sweep itself is done."""
+    it; a store that refuses is a warning (and no line): the sweep itself is done."""
     from looplab.tracking import model_out, reader
     from looplab.tracking.store import command_settings
 
@@ -217,8 +219,8 @@ def log_best_model(uri: str, best: JobRecord, run_id: str, run: Any, parent_id: 
                 model_id = model_out.log_run_model(reader.client(uri), run_id, folder)
     except Exception as error:
         print(f"warning: the best job's model was not logged: {error}", file=sys.stderr)
-        return
-    print(
+        return None
+    return (
         f"best: #{best.num} {best.name} (val_loss {best.metrics['val_loss']:.4g}), its model "
         f"models:/{model_id}; register it with `looplab register {parent_id} NAME`"
     )
@@ -236,9 +238,11 @@ def _print_summary(
     parent_id: str | None,
     hint: str | None,
     stopped_by: str | None = None,
+    best_line: str | None = None,
 ) -> None:
-    """The runs table, then one line: how many jobs finished, which failed, where to look
-    (and, for a sweep a signal stopped, by which: the jobs after it never ran)."""
+    """The runs table (and the best job's model), then one line: how many jobs finished,
+    which failed, where to look (and, for a sweep a signal stopped, by which: the jobs after
+    it never ran)."""
     done = sum(r.status in DONE for r in records)
     failed = [r for r in records if r.status not in DONE]
     skipped = sum(r.status == "SKIPPED" for r in records)
@@ -246,6 +250,8 @@ def _print_summary(
         print(table)
     for record in failed:  # the reasons here too: a cluster's jobs print into their own logs
         print(f"failed: #{record.num} {record.name}: {record.error or record.status}")
+    if best_line:
+        print(best_line)
     line = f"sweep: {done} of {len(records)} jobs finished"
     if stopped_by:
         line = f"sweep stopped by {stopped_by}: {done} of the {len(records)} jobs that ran finished"
