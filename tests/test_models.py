@@ -19,6 +19,8 @@ import pytest
 from conftest import store_uri
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import train_test_split
+from test_parts import a_users_folder
+from test_parts import looplab_in as looplab
 
 from looplab.core.data import encode_labels_with_classes, infer_task
 from looplab.core.tables import load_table
@@ -27,20 +29,8 @@ from looplab.server import free_port
 LOOPLAB = str(Path(sys.executable).parent / "looplab")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 QUIET = ("train.print_every=0",)
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CSV = Path(__file__).resolve().parents[1] / "src" / "looplab" / "resources" / "breast_cancer.csv"
 pytestmark = pytest.mark.slow
-
-
-def looplab(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [LOOPLAB, *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-        timeout=300,
-    )
 
 
 def runs_of(client: MlflowClient) -> list:
@@ -246,8 +236,7 @@ def test_a_users_own_network_is_logged_and_predicts_from_its_folder(run_cli, tmp
     """examples/' SmallCNN, a user's own module: its logged model rebuilds the network by its
     `_target_` where the user's package is importable and scores digits' rows as the run did.
     Fault: a user's model logged as the built-in MLP (its weights would not load)."""
-    folder = tmp_path / "project"
-    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    folder = a_users_folder(tmp_path)
     user = ("hydra.searchpath=[file://conf]", "experiment=digits_cnn", "train.epochs=3")
     done = run_cli(*QUIET, *user, cwd=folder)
     assert done.returncode == 0, done.stderr
