@@ -71,12 +71,10 @@ def run_files(client: Any, run_id: str, folder: str | None, into: Path) -> Path:
     return into
 
 
-def log_run_model(
-    client: Any, run_id: str, folder: str | None = None, step: int | None = None
-) -> str:
+def log_run_model(client: Any, run_id: str, folder: str | None = None) -> str:
     """Log the FINISHED run's model as an MLflow logged model linked to the run, its data set
     and its final metrics (the Models tab lists it); return the model's id. `folder`: the
-    run's own folder when at hand; `step`: the epoch its metrics are linked at (the last)."""
+    run's own folder when at hand. Its metrics are linked at the last epoch."""
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
     from mlflow.models import Model
 
@@ -113,7 +111,8 @@ def log_run_model(
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
             raise
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    last = step if step is not None else _last_step(client, run)
+    histories = {key: client.get_metric_history(run_id, key) for key in run.data.metrics}
+    last = max((m.step for m in histories.get("val_loss", [])), default=0)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=last)])
     dataset = run.inputs.dataset_inputs[0].dataset if run.inputs.dataset_inputs else None
     linked = [
@@ -127,15 +126,10 @@ def log_run_model(
             dataset_name=dataset.name if dataset else None,
             dataset_digest=dataset.digest if dataset else None,
         )
-        for key in run.data.metrics
-        for m in client.get_metric_history(run_id, key)
+        for history in histories.values()
+        for m in history
         if m.step == last
     ]
     client.log_batch(run_id, metrics=linked)  # the same points again: MLflow keeps one
     client.set_tag(run_id, MODEL_ID, model.model_id)
     return model.model_id
-
-
-def _last_step(client: Any, run: Any) -> int:
-    history = client.get_metric_history(run.info.run_id, "val_loss")
-    return max((m.step for m in history), default=0)
