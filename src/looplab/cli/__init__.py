@@ -4,6 +4,7 @@
     looplab plot --last --metric val_loss --out val_loss.png
     looplab ui                            # MLflow's UI on the runs view of the experiment
     looplab reproduce RUN_ID              # run it again from the store, checked epoch by epoch
+    looplab resume RUN_ID                 # go on with a stopped run from its checkpoint
     looplab diff RUN_A RUN_B              # what differs between two runs
     looplab runs --reap                   # runs whose machine died: marked KILLED
     looplab predict RUN_ID new.csv        # score rows with a run's logged MLflow model
@@ -12,10 +13,10 @@
     looplab server                        # MLflow's tracking server for tracking=server
 
 One module per family of verbs (`compare`: runs, plot; `ui`: ui; `reproduce`: reproduce,
-diff; `models`: predict, register; `sync`: sync; `server`: server); each adds its subcommands
-and a function to run them. MLflow is read only through `looplab.tracking.reader`, imported
-when a command runs, so that `looplab --help` answers at once. Errors the user can fix are one
-`looplab: error: ...` line and exit code 1.
+diff; `resume`: resume; `models`: predict, register; `sync`: sync; `server`: server); each
+adds its subcommands and a function to run them. MLflow is read only through
+`looplab.tracking.reader`, imported when a command runs, so that `looplab --help` answers at
+once. Errors the user can fix are one `looplab: error: ...` line and exit code 1.
 """
 
 from __future__ import annotations
@@ -48,18 +49,19 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from looplab.cli import compare, models, reproduce, server, sync, ui
+    from looplab.cli import compare, models, reproduce, resume, server, sync, ui
 
     parser = argparse.ArgumentParser(
         prog="looplab",
-        description="Compare, browse, reproduce and sync the runs looplab-train recorded in "
-        "MLflow; run a tracking server.",
+        description="Compare, browse, reproduce, resume and sync the runs looplab-train "
+        "recorded in MLflow; run a tracking server.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_options()
     compare.add_commands(commands, common)
     ui.add_commands(commands, common)
     reproduce.add_commands(commands, common)
+    resume.add_commands(commands, common)
     models.add_commands(commands, common)
     sync.add_commands(commands, common)
     server.add_commands(commands, common)

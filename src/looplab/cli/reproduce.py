@@ -226,7 +226,7 @@ def edited_keys(run: Run, cfg: DictConfig) -> list[tuple[str, str, str]]:
     ]
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     """A value for Hydra's command line, quoted so that any character survives."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -236,16 +236,29 @@ def _train(
 ) -> tuple[int, Run | None]:
     """Train `cfg` with `looplab-train` in a child process, recorded in `uri`/`experiment`;
     its exit code and its new run (None when it never started one)."""
-    from looplab.run.config_file import rerunnable
     from looplab.tracking import records
 
     nonce = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "LOOPLAB_RUN_TAGS": json.dumps({**tags, REPRODUCTION: nonce}),
-    }
-    with tempfile.TemporaryDirectory(prefix="looplab-reproduce-") as folder:
+    exit_code = train_in_child(
+        cfg,
+        [
+            "tracking.enabled=true",
+            f"tracking.uri={quoted(uri)}",
+            f"tracking.experiment={quoted(experiment)}",
+            "tracking.skip_finished=false",  # it would find the very run it reproduces
+        ],
+        {"LOOPLAB_RUN_TAGS": json.dumps({**tags, REPRODUCTION: nonce})},
+    )
+    return exit_code, records.find_tagged(uri, experiment, REPRODUCTION, nonce)
+
+
+def train_in_child(cfg: DictConfig, overrides: list[str], env: dict[str, str]) -> int:
+    """`looplab-train` on `cfg` (a finished config: no groups to choose) with `overrides`,
+    in a child process with `env` added; its exit code. `looplab reproduce` and `looplab
+    resume` train this way, exactly as a user's run."""
+    from looplab.run.config_file import rerunnable
+
+    with tempfile.TemporaryDirectory(prefix="looplab-rerun-") as folder:
         (Path(folder) / "config.yaml").write_text(rerunnable(cfg), encoding="utf-8")
         command = [
             sys.executable,
@@ -255,14 +268,11 @@ def _train(
             folder,
             "--config-name",
             "config",
-            "tracking.enabled=true",
-            f"tracking.uri={_quoted(uri)}",
-            f"tracking.experiment={_quoted(experiment)}",
-            "tracking.skip_finished=false",  # it would find the very run it reproduces
+            *overrides,
         ]
         sys.stdout.flush()
-        exit_code = subprocess.run(command, env=env, check=False).returncode
-    return exit_code, records.find_tagged(uri, experiment, REPRODUCTION, nonce)
+        child_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+        return subprocess.run(command, env=child_env, check=False).returncode
 
 
 # --- diff --------------------------------------------------------------------------------------

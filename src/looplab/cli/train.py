@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from looplab.cli.resume import checkpoint_to_resume, resumed_explicitly
 from looplab.cli.sweep import SweepCallback
 from looplab.core.errors import (
     EXIT_FAILED,
@@ -187,12 +188,16 @@ def train_job(cfg: DictConfig) -> float:
             console = ConsoleReport(
                 train.epochs, train.print_style, train.print_every, prefix=job.prefix
             )
-        tags |= recorded_choices(hydra_config) | requested_tags()
+        if not resumed_explicitly():  # `looplab resume`: the run keeps how it was asked for
+            tags |= recorded_choices(hydra_config)
+        tags |= requested_tags()
         name = tags.pop(tag.RUN_NAME, name)
-        if plain.tracking.skip_finished and tracker is not None:
+        resume = checkpoint_to_resume(plain, output_dir, None, parts)
+        if resume is None and plain.tracking.skip_finished and tracker is not None:
             skipped = skip_if_finished(plain, tracker, job, name, parts)
             if skipped is not None:
                 return skipped
+            resume = checkpoint_to_resume(plain, output_dir, tracker, parts)
         result = execute(
             plain,
             output_dir,
@@ -207,6 +212,7 @@ def train_job(cfg: DictConfig) -> float:
             # a sweep's jobs: only with `all`; the best child gets one at the sweep's end
             log_model=plain.tracking.log_model == "all"
             or (plain.tracking.log_model == "best" and job is None),
+            resume=resume,
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)

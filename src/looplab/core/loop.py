@@ -3,6 +3,8 @@
 It takes plain objects (a model, a loss, an updater, tensors) and hands each finished
 epoch to callbacks; it knows nothing of Hydra, MLflow or the console. The loss stays on the
 device during the epoch: the host waits for the GPU once an epoch, when the numbers are read.
+`Progress` says where it stands between two steps: what a checkpoint saves, where a resumed
+run starts, and where a stop signal is taken.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import math
 import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 
@@ -33,6 +36,34 @@ class EpochResult:
 
 
 EpochCallback = Callable[[EpochResult], None]
+
+
+@dataclass
+class Progress:
+    """Where the loop stands between two steps. `stops` (core/signals.StopsBetweenSteps)
+    raises a stop signal here, never mid-step; a resumed run starts from a saved Progress."""
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches of the next epoch finished...
+    batch_losses: list[Tensor] = field(default_factory=list)  # ...and their losses
+    shuffle_state: Tensor | None = None  # the shuffle's generator state as that epoch began
+    stops: Callable[[], None] | None = None  # raises a stop signal that came meanwhile
+
+    def begin_epoch(self, generator: torch.Generator | None) -> list[Tensor]:
+        """The epoch's batch losses so far (none, unless resumed mid-epoch); the shuffle's
+        state kept, to draw the same order again on resuming mid-epoch."""
+        if self.batch == 0:
+            self.batch_losses = []
+            self.shuffle_state = generator.get_state() if generator is not None else None
+        return self.batch_losses
+
+    def step_done(self) -> None:
+        self.batch += 1
+        if self.stops is not None:
+            self.stops()
+
+    def epoch_done(self, epoch: int) -> None:
+        self.epoch, self.batch, self.batch_losses = epoch, 0, []
 
 
 def batches(
@@ -66,8 +97,10 @@ def fit(
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     callbacks: Sequence[EpochCallback] = (),
+    progress: Progress | None = None,
 ) -> list[EpochResult]:
-    """Train for `epochs` epochs and return every epoch's result.
+    """Train up to epoch `epochs` and return every epoch's result (from `progress` on, when
+    a resumed run gives one: the batches it had done are drawn again, and skipped).
 
     `train_loss` is the mean of the batch losses weighted by batch size, taken on the host
     after the epoch's one synchronisation (with a full batch, exactly the tutorial's
@@ -75,15 +108,19 @@ def fit(
     """
     history: list[EpochResult] = []
     weights = batch_weights(data.x_train.shape[0], batch_size)
-    for epoch in range(1, epochs + 1):
-        batch_losses: list[Tensor] = []  # on the device until the epoch's one synchronisation
-        for x, y in batches(data.x_train, data.y_train, batch_size, generator):
+    progress = progress or Progress()
+    for epoch in range(progress.epoch + 1, epochs + 1):
+        # on the device until the epoch's one synchronisation
+        batch_losses = progress.begin_epoch(generator)
+        shuffled = batches(data.x_train, data.y_train, batch_size, generator)
+        for x, y in islice(shuffled, progress.batch, None):
             y_pred = model(x)  # 1. forward pass: what does the model predict now?
             loss = loss_function(y_pred, y)  # 2. loss: how wrong is it?
             loss.backward()  # 3. backward pass: gradients of the loss
             update.step()  # 4. update the parameters (under no_grad, or SGD.step)
             update.zero_grad()  # 5. zero the gradients for the next step
             batch_losses.append(loss.detach())
+            progress.step_done()  # a stop signal (Ctrl-C, SIGTERM) is taken here
 
         with torch.no_grad():  # validation: same forward and loss, no gradients
             val_pred = model(data.x_val)
@@ -101,6 +138,7 @@ def fit(
             raise DivergedError(epoch, metrics[name], name)
         result = EpochResult(epoch=epoch, metrics=metrics, timestamp_ms=int(time.time() * 1000))
         history.append(result)
+        progress.epoch_done(epoch)
         for callback in callbacks:  # print, record, track
             callback(result)
     return history

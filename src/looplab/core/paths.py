@@ -50,3 +50,5 @@ def shown(path: Path) -> str:
 # A run's files that make its trained model (its folder, and its artifacts): the weights, the
 # preprocessing new rows need, and the config that says which network (run/predict.py).
 MODEL_FILES = ("model.pt", "preprocessing.json", "config.yaml")
+# A run's checkpoint in its folder (core/checkpoint.py), named where no torch is imported.
+CHECKPOINT_FILE = "checkpoint.pt"

@@ -154,6 +154,16 @@ class TrackingConfig:
     log_model: LogModel = LogModel.best  # which FINISHED runs get an MLflow logged model
 
 
+@dataclass
+class CheckpointConfig:
+    # A checkpoint at the end of the first epoch after this many seconds since the last one
+    # (null: none by time), and/or every this many epochs (null: none by count). A stop
+    # (Ctrl-C, SIGTERM, SIGHUP, SLURM's warning signals) always takes one.
+    every_s: float | None = 60.0
+    every_epochs: int | None = None
+    keep: bool = False  # keep checkpoint.pt in a FINISHED run's folder
+
+
 # How a CSV file is read. A data set of your own (`dataset._target_`) passes them to its
 # function when they are set, and leaves them out at these defaults.
 FILE_KEYS = ("path", "sep", "encoding")
@@ -184,6 +194,7 @@ class LooplabConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 42
 
 

@@ -5,6 +5,11 @@ went away: a dropped SSH session, a closed window) raise `Terminated`, so a run 
 KILLED with every epoch delivered whichever of the three arrives. A terminal that closes
 may send SIGHUP twice (the shell passes it on, then the kernel hangs the terminal up), so
 a second SIGHUP is never taken as a second Ctrl-C.
+
+While the loop trains (`StopsBetweenSteps`), a stop is held until the loop is between two
+steps, so that the checkpoint taken then is a state the run really passed through; SLURM's
+warning signals (`--signal`, submitit's USR2 before a time limit or a preemption) stop it
+there too, and a handler that was there before them (submitit's requeue) gets them after.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from looplab.core.errors import Terminated
 STOPS = (signal.SIGTERM, signal.SIGHUP)
 # Every signal that asks a looplab process to stop, for what must not be cut by one.
 ALL_STOPS = (signal.SIGINT, *STOPS)
+# What a scheduler sends before it stops a job (SLURM's `--signal`; submitit asks for USR2).
+WARNINGS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:
@@ -45,6 +52,62 @@ def stops_raise() -> Iterator[None]:
     finally:
         for signum, handler in previous:
             signal.signal(signum, handler)
+
+
+def _stop(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+class StopsBetweenSteps:
+    """A stop signal held until `check` (the loop calls it between two steps), then raised
+    there; `between_steps` says that it was. A second Ctrl-C or SIGTERM raises at once, a
+    second SIGHUP is ignored. SIGHUP and the warnings stay ignored where they were (`nohup`).
+    """
+
+    def __init__(self) -> None:
+        self.pending: BaseException | None = None
+        self.between_steps = False  # the stop was raised by `check`: the state is whole
+        self.signum: int | None = None  # the signal that stopped the run
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopsBetweenSteps:
+        for signum in (*ALL_STOPS, *WARNINGS):
+            handler = signal.getsignal(signum)
+            if signum != signal.SIGINT and handler == signal.SIG_IGN:
+                continue
+            self.previous[signum] = signal.signal(signum, self._hold)
+        return self
+
+    def __exit__(self, kind: type | None, *_exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        if kind is None:
+            self.check()  # a stop during the last epoch's end: the run stops there
+
+    def _hold(self, signum: int, _frame: object) -> None:
+        if self.pending is not None or self.between_steps:
+            if signum == signal.SIGHUP:
+                return  # the same closed terminal again
+            self.between_steps = False
+            raise _stop(signum)  # impatient: at once, mid-step
+        if signum == signal.SIGHUP:
+            detach_hung_up_terminal()
+        self.signum, self.pending = signum, _stop(signum)
+
+    def check(self) -> None:
+        """Raise the stop that came since the last step, now that the loop is between two."""
+        if self.pending is not None:
+            stop, self.pending = self.pending, None
+            self.between_steps = True
+            raise stop
+
+    def pass_on(self) -> None:
+        """Hand the warning that stopped the run to the handler that was there before it
+        (submitit's: requeue the job, then exit), once the run is closed."""
+        previous = self.previous.get(self.signum) if self.signum in WARNINGS else None
+        if callable(previous):
+            signal.signal(self.signum, previous)  # type: ignore[arg-type]
+            os.kill(os.getpid(), self.signum)
 
 
 def while_closing(leave: bool) -> None:

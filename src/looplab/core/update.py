@@ -20,6 +20,10 @@ class Updater(Protocol):
 
     def zero_grad(self) -> None: ...
 
+    def state_dict(self) -> dict: ...  # what a checkpoint keeps (core/checkpoint.py)
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class ManualUpdate:
     """`p -= lr * p.grad` under `torch.no_grad()`, then zero the gradients by hand.
@@ -57,6 +61,22 @@ class ManualUpdate:
         for p in self.parameters:
             if p.grad is not None:
                 p.grad.zero_()
+
+    def state_dict(self) -> dict:
+        """The momentum buffers (None before the first step), as an optimiser's state."""
+        return {"velocity": [None if v is None else v.detach().clone() for v in self.velocity]}
+
+    def load_state_dict(self, state: dict) -> None:
+        velocity = state["velocity"]
+        if len(velocity) != len(self.parameters):
+            raise ConfigError(
+                f"the checkpoint has {len(velocity)} momentum buffers for "
+                f"{len(self.parameters)} parameters"
+            )
+        self.velocity = [
+            None if v is None else v.to(device=p.device, dtype=p.dtype)
+            for v, p in zip(velocity, self.parameters, strict=True)
+        ]
 
 
 # A `torch.optim`-like class with its own arguments bound, called (parameters, lr=...).

@@ -133,6 +133,20 @@ def validate(cfg: DictConfig) -> None:
         cfg.tracking.wait_s,
         "it must be >= 0 seconds (0 = do not wait for a store that is away)",
     )
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint is not None:
+        _require(
+            checkpoint.every_s is None or checkpoint.every_s > 0,
+            "checkpoint.every_s",
+            checkpoint.every_s,
+            "it must be > 0 seconds, or null for none by time",
+        )
+        _require(
+            checkpoint.every_epochs is None or checkpoint.every_epochs >= 1,
+            "checkpoint.every_epochs",
+            checkpoint.every_epochs,
+            "it must be >= 1, or null for none by count",
+        )
     if "_target_" not in dataset:  # your own data's other keys are its function's (parts_of)
         _check_csv_keys(dataset)
 

@@ -17,18 +17,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from looplab.core.checkpoint import Checkpoint, Taker, restore
 from looplab.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     DivergedError,
     Terminated,
 )
-from looplab.core.loop import EpochResult
+from looplab.core.loop import EpochResult, Progress
 from looplab.core.paths import shown
 from looplab.core.schema import update_name
-from looplab.core.signals import stops_raise, while_closing
+from looplab.core.signals import StopsBetweenSteps, stops_raise, while_closing
 from looplab.core.validate import validate
 from looplab.run import tags as tag
+from looplab.run.checkpoints import Checkpoints, check_fits
 from looplab.run.config_file import rerunnable
 from looplab.run.naming import identity, params, run_name
 from looplab.run.parts import Parts
@@ -75,6 +77,7 @@ def execute(
     cpus: float | None = None,
     parts: Parts | None = None,
     log_model: bool = False,
+    resume: Checkpoint | None = None,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
@@ -82,10 +85,12 @@ def execute(
     (its prefix starts the run's own lines too); `tags` go on the MLflow run with the rest;
     `cpus` the CPUs a launcher gave this job (see `torch_threads`); `parts` what the config
     names by `_target_` (`launch/parts.py`); `log_model`: a FINISHED run's model is logged
-    as an MLflow model (by the writer, after the loop).
+    as an MLflow model (by the writer, after the loop); `resume`: go on from this checkpoint
+    (core/checkpoint.py), in the MLflow run it names.
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
+    stops = StopsBetweenSteps()
     try:
         with stops_raise():
             return _execute(
@@ -100,10 +105,13 @@ def execute(
                 cpus,
                 parts,
                 log_model,
+                resume,
+                stops,
             )
     finally:
         if tracker is not None:
             tracker.close()
+        stops.pass_on()  # a scheduler's warning, to its own handler (submitit: requeue)
 
 
 def _execute(
@@ -118,9 +126,23 @@ def _execute(
     cpus: float | None = None,
     parts: Parts | None = None,
     log_model: bool = False,
+    resume: Checkpoint | None = None,
+    stops: StopsBetweenSteps | None = None,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg, cpus, parts)
+    data_record = describe_data(cfg, parts)
+    result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
+    progress = Progress(stops=stops.check if stops is not None else None)
+    taker = Taker(
+        ready.model, ready.update, ready.generator, progress, identity(cfg), data_record.digest,
+        result.history,
+    )  # fmt: skip
+    checkpoints = Checkpoints(cfg, taker, output_dir, tracker)
+    if resume is not None:  # refused before anything is written or recorded
+        check_fits(resume, taker.config_digest, taker.data_digest)
+        restore(resume, taker, ready.device)
+        extra_tags = {**extra_tags, **checkpoints.resumed_from(resume)}
     info = ready.split_info
     console = console or ConsoleReport(
         cfg.train.epochs, cfg.train.print_style, cfg.train.print_every
@@ -129,13 +151,14 @@ def _execute(
     log.info(console.prefix + info.describe(), extra={"file_only": bool(console.prefix)})
     if ready.device_reason:
         log.info(console.prefix + ready.device_reason, extra={"file_only": bool(console.prefix)})
+    if resume is not None:
+        log.info(f"{console.prefix}{name}: resumed at {resume.where()} from {shown(resume.path)}")
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
     config_file.write_text(rerunnable(cfg), encoding="utf-8")
     preprocessing_file = output_dir / "preprocessing.json"
     preprocessing_file.write_text(preprocessing(info), encoding="utf-8")
-    result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
     if tracker is not None:
         run_params = {
             **params(cfg),
@@ -151,7 +174,6 @@ def _execute(
             run_params["data.classes"] = ",".join(info.classes)
         startup_files = [(config_file, None), (preprocessing_file, None)]
         startup_files += [(hydra_dir, ".hydra")] if hydra_dir else []
-        data_record = describe_data(cfg, parts)
         tags = {
             "looplab.device": str(ready.device),
             tag.RUN_DIR: str(output_dir.resolve()),
@@ -165,23 +187,38 @@ def _execute(
         }
         if parts is not None and parts.code:
             tags[tag.CODE] = json.dumps(parts.code, sort_keys=True)
-        tracker.start_run(
-            name,
-            run_params,
-            tags,
-            startup_files,
-            wait=False,
-            start_time_ms=started_ms,
-            inputs=[dataset_input(data_record)],
-            record_dir=output_dir,
-        )
+        if resume is not None and resume.run.get("record_id"):  # the same run goes on
+            tracker.resume_run(
+                resume.run, name, run_params, tags, startup_files, resume.history(), output_dir
+            )
+        else:
+            tracker.start_run(
+                name,
+                run_params,
+                tags,
+                startup_files,
+                wait=False,
+                start_time_ms=started_ms,
+                inputs=[dataset_input(data_record)],
+                record_dir=output_dir,
+            )
+            for earlier in result.history:  # resumed, into a run of its own
+                tracker(earlier)
 
     csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
+    for earlier in result.history:  # a resumed run's folder holds every epoch once
+        csv(earlier)
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
+    callbacks.append(checkpoints)  # last: it records what the tracker was handed
     end_tags: dict[str, str] = {}
+    end_files_now: list[tuple[Path, str | None]] = []  # a stopped run's checkpoint
     failure: BaseException | None = None
     try:
-        ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks)
+        if stops is not None:
+            with stops:  # a stop signal waits for the loop to be between two steps
+                ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
+        else:
+            ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
         result.status = "FINISHED"
     except DivergedError as error:
         result.status, result.exit_code, result.error = "FAILED", EXIT_FAILED, str(error)
@@ -196,6 +233,9 @@ def _execute(
         result.exit_code = EXIT_INTERRUPTED if interrupted else stop.exit_code
         result.error = "interrupted (Ctrl-C)" if interrupted else f"terminated ({stop.name})"
         end_tags = {tag.STOPPED_BY: "SIGINT" if interrupted else stop.name}
+        if stops is not None and stops.between_steps:  # the state is whole: keep it
+            end_files_now = [(checkpoints.save(), tag.CHECKPOINT_ARTIFACT)]
+            end_tags |= checkpoints.stopped_tags()
     except BaseException as error:
         result.status, result.exit_code, failure = "FAILED", EXIT_FAILED, error
         result.error = f"{type(error).__name__}: {error}"
@@ -203,7 +243,8 @@ def _execute(
     finally:
         console.close()  # every buffered line is out before any error is told
         csv.close()
-    end_files: list[tuple[Path, str | None]] = [(csv.path, None)]
+    end_files: list[tuple[Path, str | None]] = [(csv.path, None), *end_files_now]
+    checkpoints.ended(result.status, diverged=result.status == "FAILED" and failure is None)
     if result.status == "FINISHED":
         model_file = output_dir / "model.pt"
         torch.save(ready.model.state_dict(), model_file)  # tensors only: loads with weights_only

@@ -14,13 +14,15 @@ from looplab.core.schema import has_target, hidden_widths
 
 
 def identity(cfg: DictConfig) -> str:
-    """A digest of what a run trains: the resolved config less its tracking settings.
+    """A digest of what a run trains: the resolved config less how it is kept (tracking,
+    checkpoints).
 
     Two runs with the same identity and the same data digest train the same thing; a sweep
     with `tracking.skip_finished=true` skips a job whose identity a FINISHED run shares.
     """
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     document.pop("tracking", None)
+    document.pop("checkpoint", None)
     if document["model"].get("hidden") is None:  # unset: the identity runs had before it
         document["model"].pop("hidden", None)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
@@ -68,7 +70,7 @@ def data_name(cfg: DictConfig) -> str:
 
 
 # Keys that say where a run is recorded or how it prints, not what it trains: never in a name.
-UNNAMED_PREFIXES = ("tracking.", "train.print_", "train.threads")
+UNNAMED_PREFIXES = ("tracking.", "checkpoint.", "train.print_", "train.threads")
 
 
 def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from looplab.core import data as datasets
 from looplab.core import tables
 from looplab.core.device import resolve_device, step_work
-from looplab.core.loop import EpochCallback, EpochResult, fit
+from looplab.core.loop import EpochCallback, EpochResult, Progress, fit
 from looplab.core.model import LossFn, build_model, loss_function, quality, user_model
 from looplab.core.schema import has_target, hidden_widths, target_arguments, update_name
 from looplab.core.update import Updater, build_update
@@ -64,9 +64,14 @@ class Prepared:
     device_reason: str = ""  # why device=auto kept to the CPU beside an accelerator
 
     def fit(
-        self, epochs: int, batch_size: int | None, callbacks: Sequence[EpochCallback] = ()
+        self,
+        epochs: int,
+        batch_size: int | None,
+        callbacks: Sequence[EpochCallback] = (),
+        progress: Progress | None = None,
     ) -> list[EpochResult]:
-        """`loop.fit` on these parts: what a run, `make bench` and the tests train."""
+        """`loop.fit` on these parts: what a run, `make bench` and the tests train (from
+        `progress` on: a resumed run's)."""
         return fit(
             self.model,
             self.loss,
@@ -78,6 +83,7 @@ class Prepared:
             batch_size=batch_size,
             generator=self.generator,
             callbacks=callbacks,
+            progress=progress,
         )
 
 

@@ -29,6 +29,24 @@ class Recorder(Protocol):
         inputs: list[dict[str, str]] | None = None,
     ) -> str | None: ...
 
+    def resume_run(
+        self,
+        run: dict,  # a checkpoint's `run`: run_id, record_id
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        artifacts: list[tuple[Path, str | None]],
+        history: list[EpochResult],
+        record_dir: Path | None = None,
+    ) -> str | None:
+        """Go on with the run a checkpoint names, RUNNING again; `history` is what it had
+        (the epochs the store lacks are sent again, none twice)."""
+        ...
+
+    def run_identity(self) -> dict[str, str | None]:
+        """What a checkpoint keeps to go on with this run: its run_id, record_id."""
+        ...
+
     def __call__(self, result: EpochResult) -> None: ...
 
     def finish(

@@ -41,18 +41,16 @@ from looplab.tracking.protocol import (
     Ended,
     Eof,
     Error,
-    FindFinished,
-    FindSweep,
-    FinishedFound,
     Metrics,
     Open,
     Opened,
+    Resume,
     Start,
     Started,
     StartFailed,
-    SweepFound,
     files_of,
 )
+from looplab.tracking.queries import ANSWER_SECONDS, StoreQueries
 from looplab.tracking.record import RECORD_ID_TAG, RunFolder, shown
 from looplab.tracking.store import WRITER_HTTP_ENV
 
@@ -64,8 +62,8 @@ if TYPE_CHECKING:  # the writer process must not pay for importing torch
 # The parent sends buffered epochs at least this often (seconds) or every this many epochs.
 SEND_SECONDS = 0.5
 SEND_EPOCHS = 500
-# How long the parent waits for the store to answer when it opens it or starts a sweep.
-CONNECT_TIMEOUT_SECONDS = 60.0
+# How long the parent waits for the store to answer when it opens it or starts a run.
+CONNECT_TIMEOUT_SECONDS = ANSWER_SECONDS
 # How long the parent waits for the writer beyond `tracking.wait_s` at the end of a run: the
 # last store call in flight may take MLFLOW_HTTP_REQUEST_TIMEOUT to give up.
 FINISH_SLACK_SECONDS = 30.0
@@ -151,7 +149,7 @@ class Writers:
             self.idle.popitem()[1].stop()
 
 
-class Tracker(RunFolder):
+class Tracker(StoreQueries, RunFolder):
     """The training process's side: starts the writer, hands it epochs, ends the run."""
 
     def __init__(self, uri: str, experiment: str, wait_s: float = DEFAULT_WAIT_SECONDS) -> None:
@@ -246,16 +244,6 @@ class Tracker(RunFolder):
             self.opened = True
 
     # -- the run -----------------------------------------------------------------------------
-    def find_sweep(
-        self, sweep_id: str, sweep_dir: Path | None = None
-    ) -> tuple[str | None, list[str]]:
-        """The parent run of sweep `sweep_id` in this store, and the keys its sweep varies;
-        (None, []) when the store has no such parent."""
-        self._ensure_open()
-        self._send(FindSweep(sweep_id))
-        found = self._receive_until(SweepFound, CONNECT_TIMEOUT_SECONDS, "finding the sweep")
-        return found.parent_id, found.swept_keys
-
     def start_run(
         self,
         run_name: str,
@@ -290,13 +278,28 @@ class Tracker(RunFolder):
             self.run_id = started.run_id
         return self.run_id
 
-    def find_finished(self, config_digest: str, data_digest: str) -> tuple[str | None, float]:
-        """A FINISHED run of this experiment with the same config identity and data digest,
-        and its final val_loss (NaN when it has none); (None, NaN) when there is none."""
+    def resume_run(
+        self,
+        run: dict,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        artifacts: list[tuple[Path, str | None]],
+        history: list[EpochResult],
+        record_dir: Path | None = None,
+    ) -> str | None:
+        """Go on with the run a checkpoint names (`run`: its run_id, record_id), RUNNING
+        again; waits until the store has it. Its `history` is sent again: the writer drops
+        the epochs the store has, so none is logged twice."""
         self._ensure_open()
-        self._send(FindFinished(config_digest, data_digest))
-        found = self._receive_until(FinishedFound, CONNECT_TIMEOUT_SECONDS, "finding finished runs")
-        return found.run_id, found.val_loss
+        self.note = None
+        self._reopen_record(record_dir, run["record_id"], run_name, params, tags, offline=False)
+        self._send(Resume(run.get("run_id"), run["record_id"], tags))
+        self.runs_started += 1
+        resumed = self._receive_until(Started, CONNECT_TIMEOUT_SECONDS, "resuming the run")
+        self.run_id = resumed.run_id
+        self.pending = [(r.epoch, r.timestamp_ms, r.metrics) for r in history]
+        return self.run_id
 
     def __call__(self, result: EpochResult) -> None:
         """Epoch callback: buffer, and pass the buffer on a few times a second."""

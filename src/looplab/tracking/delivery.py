@@ -48,6 +48,13 @@ class CreateRun:
 
 
 @dataclass
+class ReopenRun:
+    what: ClassVar[str] = "the resumed run"
+    run_id: str | None  # else found by the record id
+    tags: dict[str, str]
+
+
+@dataclass
 class LogParams:
     what: ClassVar[str] = "params"
     params: list[Any]  # MLflow Params, one call's worth
@@ -99,6 +106,7 @@ class Terminate:
 
 Operation = (
     CreateRun
+    | ReopenRun
     | LogParams
     | LogFiles
     | LogText
@@ -146,8 +154,11 @@ class Delivery:
         self.outage_seconds = 0.0
         self.end_deadline: float | None = None  # set by `end`: deliver until then
         self.last_heartbeat = time.monotonic()
+        # A resumed run: the last step the store has of each metric (none is sent twice).
+        self.logged_through: dict[str, int] = {}
         self._apply_one: dict[type, Callable[[Any], bool]] = {
             CreateRun: self._create,
+            ReopenRun: self._reopen,
             LogParams: self._log_params,
             LogFiles: self._log_files,
             LogText: self._log_text,
@@ -260,7 +271,7 @@ class Delivery:
 
     def _apply(self, operation: Operation) -> bool:
         """Send one operation (or the next 1000 of its metrics); True when it is all sent."""
-        if self.run_id is None and not isinstance(operation, CreateRun):
+        if self.run_id is None and not isinstance(operation, CreateRun | ReopenRun):
             return True  # the store refused the run itself: nowhere to send the rest
         return self._apply_one[type(operation)](operation)
 
@@ -279,6 +290,37 @@ class Delivery:
         self.reply(Started(self.run_id, self.experiment_id))
         return True
 
+    def _reopen(self, operation: ReopenRun) -> bool:
+        """The run again, RUNNING, with its new tags; what it logged already, per metric."""
+        from mlflow.entities import RunTag
+
+        run_id = operation.run_id or self._existing_run()
+        try:
+            found = self.client.get_run(run_id) if run_id else None
+        except Exception as error:
+            if not refused_for_good(error):
+                raise
+            found = None
+        if found is None:
+            self.refused.append(f"{self.what_resumed()} (not in this store)")
+            self.reply(StartFailed(f"{self.what_resumed()} is not in the MLflow store {self.uri}"))
+            return True
+        run_id = found.info.run_id
+        self.logged_through = {
+            key: max(m.step for m in self.client.get_metric_history(run_id, key))
+            for key in found.data.metrics
+        }
+        self.client.update_run(run_id, status="RUNNING")
+        tags = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in operation.tags.items()]
+        self.client.log_batch(run_id, tags=tags)
+        self.run_id = run_id
+        self.last_heartbeat = time.monotonic()
+        self.reply(Started(run_id, self.experiment_id))
+        return True
+
+    def what_resumed(self) -> str:
+        return f"the run with {RECORD_ID_TAG}={self.record_id}"
+
     def _log_params(self, operation: LogParams) -> bool:
         self.client.log_batch(self.run_id, params=operation.params)
         return True
@@ -288,6 +330,9 @@ class Delivery:
         return True
 
     def _log_metrics(self, operation: LogMetrics) -> bool:
+        if self.logged_through:  # resumed: what the store has is not sent again
+            through = self.logged_through
+            operation.metrics[:] = [m for m in operation.metrics if m.step > through.get(m.key, 0)]
         self.client.log_batch(self.run_id, metrics=operation.metrics[:MAX_METRICS_PER_BATCH])
         del operation.metrics[:MAX_METRICS_PER_BATCH]
         return not operation.metrics
@@ -335,7 +380,7 @@ class Delivery:
     def _refuse(self, operation: Operation, error: BaseException) -> None:
         """The store answered no to this operation, and would again: drop it, say so."""
         self.refused.append(f"{operation.what} ({first_line(error)})")
-        if isinstance(operation, CreateRun):
+        if isinstance(operation, CreateRun | ReopenRun):
             self.reply(StartFailed(f"cannot start an MLflow run: {first_line(error)}"))
         elif isinstance(operation, LogMetrics):
             del operation.metrics[:MAX_METRICS_PER_BATCH]

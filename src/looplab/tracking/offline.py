@@ -55,9 +55,28 @@ class OfflineTracker(RunFolder):
         self._start_files(artifacts)
         self.runs_started += 1
 
+    def resume_run(
+        self,
+        run: dict,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        artifacts: list[tuple[Path, str | None]],
+        history: list[EpochResult],
+        record_dir: Path | None = None,
+    ) -> None:
+        """Go on with the folder's record (its epochs are in metrics.csv already)."""
+        self._reopen_record(record_dir, run["record_id"], run_name, params, tags, offline=True)
+        self._start_files(artifacts)
+        self.runs_started += 1
+
     def find_finished(self, config_digest: str, data_digest: str) -> tuple[None, float]:
         """Offline there is no store to find a finished run in: every job trains."""
         return None, math.nan
+
+    def find_interrupted(self, config_digest: str, data_digest: str) -> tuple[None, None]:
+        """Offline there is no store to find a stopped run in."""
+        return None, None
 
     def hint(self) -> None:
         """Offline there is nothing to see in a store yet: `note` says how to sync."""

@@ -49,6 +49,16 @@ class Start:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Go on with a run (by id, else by record id), RUNNING again, with these tags; answered
+    `Started` (or `StartFailed`). Epochs the store has already are not sent again."""
+
+    run_id: str | None
+    record_id: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Epochs of the running run; not answered."""
 
@@ -65,6 +75,16 @@ class FindSweep:
 @dataclass(frozen=True)
 class FindFinished:
     """A FINISHED run of the same config on the same data; answered `FinishedFound`."""
+
+    config_digest: str
+    data_digest: str
+
+
+@dataclass(frozen=True)
+class FindInterrupted:
+    """The newest run of the same config on the same data that stopped and left a
+    checkpoint (KILLED, FAILED, or RUNNING with its writer long silent); answered
+    `InterruptedFound`."""
 
     config_digest: str
     data_digest: str
@@ -111,6 +131,12 @@ class SweepFound:
 class FinishedFound:
     run_id: str | None
     val_loss: float
+
+
+@dataclass(frozen=True)
+class InterruptedFound:
+    run_id: str | None
+    checkpoint: str | None  # its folder's checkpoint.pt, or the store's copy downloaded
 
 
 @dataclass(frozen=True)

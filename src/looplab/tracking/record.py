@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,6 +112,49 @@ class RunFolder:
         )
         if folder is not None:
             self.record.write(folder)
+
+    def _reopen_record(
+        self,
+        folder: Path | None,
+        record_id: str,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        offline: bool,
+    ) -> None:
+        """A resumed run's record: the folder's own when it is this run's, RUNNING again;
+        else a new one under the run's record id (a run resumed in another folder)."""
+        self.record_dir = folder
+        if folder is not None and (folder / RECORD_FILE).is_file():
+            record = RunRecord.load(folder)
+            if record.record_id == record_id:
+                record.status, record.end_time_ms, record.end_tags = "RUNNING", None, {}
+                record.synced, record.pending, record.tags = None, False, {**record.tags, **tags}
+                self.record = record
+                record.write(folder)
+                return
+        self.record = RunRecord(
+            record_id=record_id,
+            uri=self.uri,
+            experiment=self.experiment,
+            name=run_name,
+            params=dict(params),
+            tags=dict(tags),
+            start_time_ms=int(time.time() * 1000),
+            offline=offline,
+        )
+        if folder is not None:
+            self.record.write(folder)
+
+    def run_identity(self) -> dict[str, str | None]:
+        """What a checkpoint keeps to go on with this run (its record id finds it in a store
+        before its run id is known)."""
+        record = getattr(self, "record", None)
+        return {
+            "run_id": getattr(self, "run_id", None),
+            "record_id": record.record_id if record is not None else None,
+            "offline": bool(record.offline) if record is not None else None,
+        }
 
     def _close_record(
         self,

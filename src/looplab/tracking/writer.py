@@ -33,17 +33,21 @@ from looplab.tracking.delivery import (
     LogInputs,
     LogParams,
     LogText,
+    ReopenRun,
 )
 from looplab.tracking.protocol import (
     End,
     Eof,
     Error,
     FindFinished,
+    FindInterrupted,
     FindSweep,
     FinishedFound,
+    InterruptedFound,
     Metrics,
     Open,
     Opened,
+    Resume,
     Start,
     SweepFound,
 )
@@ -76,9 +80,11 @@ class Writer:
         self.handlers: dict[type, Callable[[Any], None]] = {
             Open: self.open,
             Start: self.start,
+            Resume: self.resume,
             Metrics: self.metrics,
             FindSweep: self.find_sweep,
             FindFinished: self.find_finished,
+            FindInterrupted: self.find_interrupted,
             End: self.end,
         }
 
@@ -127,6 +133,14 @@ class Writer:
             run.add(LogText(git_diff, "git.diff"))
         if message.inputs:
             run.add(LogInputs(message.inputs))
+
+    def resume(self, message: Resume) -> None:
+        if self.open_error:
+            self.reply(Error(self.open_error))
+            return
+        self.run = self.new_run(message.record_id)
+        now_ms = str(int(time.time() * 1000))
+        self.run.add(ReopenRun(message.run_id, {**message.tags, HEARTBEAT_TAG: now_ms}))
 
     def metrics(self, message: Metrics) -> None:
         from mlflow.entities import Metric
@@ -179,6 +193,23 @@ class Writer:
             answer,
             order_by=["attributes.start_time DESC"],
         )
+
+    def find_interrupted(self, message: FindInterrupted) -> None:
+        """Reply with the newest run of the same config and data that stopped with a
+        checkpoint, and where that checkpoint is now on this machine."""
+        from looplab.tracking.checkpoints import interrupted_checkpoint
+
+        if self.open_error:
+            self.reply(Error(self.open_error))
+            return
+        try:
+            found = interrupted_checkpoint(
+                self.client, self.experiment_id, message.config_digest, message.data_digest
+            )
+        except Exception as error:
+            self.reply(Error(f"cannot search the MLflow store: {first_line(error)}"))
+            return
+        self.reply(InterruptedFound(*found))
 
     def _reply_with_run(
         self, filter_string: str, answer: Callable[[Any], Any], order_by: list[str] | None = None
