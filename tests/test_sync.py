@@ -48,9 +48,12 @@ def test_tracking_offline_and_wait_s_reach_the_tracker(tmp_path: Path) -> None:
         validate(plain_config(compose_raw("tracking.wait_s=-1"), launch_dir=tmp_path))
 
 
-def test_sync_refuses_what_it_cannot_send_in_one_line_each(tmp_path: Path, capsys) -> None:
-    """Faults: a folder with no record (or a run that has not ended) raises a traceback, stops
-    the other folders, exits 0, or creates a store before refusing."""
+def test_sync_refuses_what_it_cannot_send_in_one_line_and_sends_an_unended_run_as_killed(
+    tmp_path: Path, capsys
+) -> None:
+    """Faults: a folder with no record raises a traceback, stops the other folders or exits
+    0; a run whose process died before it ended it (record RUNNING) is refused, or sent as
+    RUNNING (it would look alive for ever) or as complete, without the tag that says why."""
     from looplab.cli import main
     from looplab.tracking.record import RunRecord
 
@@ -58,6 +61,7 @@ def test_sync_refuses_what_it_cannot_send_in_one_line_each(tmp_path: Path, capsy
     RunRecord.new(
         uri="sqlite:///unused", experiment="e", name="n", params={}, tags={}, start_time_ms=1
     ).write(running)
+    (running / "metrics.csv").write_text("epoch,timestamp_ms,train_loss\n1,5,0.5\n2,9,0.25\n")
     store = tmp_path / "store.db"
     code = main(
         ["sync", str(tmp_path / "empty"), str(running), "--tracking-uri", f"sqlite:///{store}"]
@@ -65,10 +69,17 @@ def test_sync_refuses_what_it_cannot_send_in_one_line_each(tmp_path: Path, capsy
     assert code == 1
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 2, captured.err
+    assert len(lines) == 1, captured.err
     assert lines[0].startswith("looplab: error: ") and "no record.json in it" in lines[0]
-    assert "running: the run has not ended" in lines[1]
-    assert not store.exists()
+    assert "2 epochs, 0 files added; it never ended: sent as KILLED" in captured.out
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{store}").search_runs(
+        [MlflowClient(tracking_uri=f"sqlite:///{store}").get_experiment_by_name("e").experiment_id]
+    )[0]
+    assert run.info.status == "KILLED" and run.info.end_time == 9
+    assert "process ended without ending the run" in run.data.tags["looplab.unended"]
+    assert RunRecord.load(running).status == "KILLED"
 
 
 def store_client(root: Path):

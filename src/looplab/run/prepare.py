@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -97,7 +99,9 @@ def prepare(cfg: DictConfig, cpus: float | None = None, parts: Parts | None = No
     parts = parts or Parts()
     threads = torch_threads(cfg.train.threads, cpus)
     torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # and every other global generator a user's part may draw from
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     dtype = getattr(torch, cfg.train.dtype)
     # A device that is not here is refused before the data loads; auto is weighed after.
     device, device_reason = resolve_device(cfg.device.name)

@@ -22,3 +22,4 @@ CHECKPOINT_BATCH = "looplab.checkpoint_batch"  # ...and batches of the next
 RESUMES = "looplab.resumes"  # how often the run was resumed
 RESUMED_AT = "looplab.resumed_at_epoch"  # the epoch each resumption began in, comma-separated
 CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact folder of a stopped run's checkpoint.pt
+UNENDED = "looplab.unended"  # a run whose process never ended it, sent as KILLED by a sync

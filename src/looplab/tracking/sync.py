@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from looplab.core.errors import TrackingError
+from looplab.core.paths import CHECKPOINT_FILE
+from looplab.run import tags as tag
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
 from looplab.tracking.store import (
     BEST_JOB_TAG,
@@ -32,6 +34,11 @@ from looplab.tracking.store import (
     param_batches,
 )
 
+UNENDED_WHY = (
+    "its process ended without ending the run (killed, or its machine went down); "
+    "looplab sync sent what it had as KILLED"
+)
+
 
 @dataclass
 class Synced:
@@ -44,14 +51,16 @@ class Synced:
     epochs_added: int
     files_added: int
     ended: bool  # the status or end time had to be set
+    unended: bool = False  # its process never ended it: sent as KILLED
 
     def line(self, uri: str) -> str:
         if not (self.created or self.epochs_added or self.files_added or self.ended):
             return f"{self.folder}: run {self.run_id} ({self.name}) is complete in {uri} already"
         what = "created" if self.created else "completed"
+        unended = "; it never ended: sent as KILLED" if self.unended else ""
         return (
             f"{self.folder}: run {self.run_id} ({self.name}) {what} in {uri}: "
-            f"{self.epochs_added} epochs, {self.files_added} files added"
+            f"{self.epochs_added} epochs, {self.files_added} files added{unended}"
         )
 
 
@@ -79,9 +88,6 @@ def sync_folders(
         try:
             record = load_record(folder)
             for job_folder, job_record, parent_folder in _with_family(folder, record):
-                if job_record.status == "RUNNING":  # refused before any store is opened
-                    out.append((None, _not_ended(job_folder)))
-                    continue
                 target = uri or job_record.uri
                 exp = experiment or job_record.experiment
                 if (target, exp) not in stores:
@@ -174,8 +180,9 @@ def sync_record(
     """Make the store's run for `record` complete; add only what it lacks."""
     from mlflow.entities import Metric, RunTag
 
-    if record.status == "RUNNING":
-        raise TrackingError(_not_ended(folder))
+    unended = record.status == "RUNNING"
+    if unended:
+        _end_unended(folder, record)
     run = find_tagged(client, exp_id, RECORD_ID_TAG, record.record_id)
     created = run is None
     tags = {**record.tags, RECORD_ID_TAG: record.record_id}
@@ -210,14 +217,25 @@ def sync_record(
         ended = True
     record.synced, record.pending = {"uri": uri, "run_id": run_id}, False
     record.write(folder)
-    return Synced(folder, run_id, record.name, created, epochs_added, files_added, ended)
+    return Synced(folder, run_id, record.name, created, epochs_added, files_added, ended, unended)
 
 
-def _not_ended(folder: Path) -> str:
-    return (
-        f"{folder}: the run has not ended (it is still training, or its process was killed "
-        "before it could end it); nothing was sent"
-    )
+def _end_unended(folder: Path, record: RunRecord) -> None:
+    """A run whose process died before it ended it (or that still trains): what it has is
+    sent as KILLED, with its checkpoint, if any, to resume it from the store; should it
+    still be training, its end is sent by the next sync."""
+    epochs = read_epochs(folder)
+    record.status = "KILLED"
+    record.end_time_ms = epochs[-1][1] if epochs else record.start_time_ms
+    record.end_tags = {**record.end_tags, tag.UNENDED: UNENDED_WHY}
+    checkpoint = folder / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        from looplab.core.checkpoint import load
+
+        saved = load(checkpoint)
+        record.relative_files(folder, [(checkpoint, tag.CHECKPOINT_ARTIFACT)])
+        record.end_tags[tag.CHECKPOINT_EPOCH] = str(saved.epoch)
+        record.end_tags[tag.CHECKPOINT_BATCH] = str(saved.batch)
 
 
 def _add_epochs(client: Any, run_id: str, folder: Path, metric: Any) -> int:
