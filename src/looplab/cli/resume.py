@@ -125,11 +125,6 @@ def _from_store(
             f"run {run_id} is FINISHED: there is nothing to resume (`looplab reproduce "
             f"{run_id}` trains it again and compares)"
         )
-    if status == "RUNNING" and not is_silent(run, int(time.time() * 1000)):
-        raise TrackingError(
-            f"run {run_id} is RUNNING and its process was heard from less than 90 s ago: it "
-            "may still be training; stop it (Ctrl-C or SIGTERM leave a checkpoint) and resume it"
-        )
     with store.command_settings():
         checkpoint = checkpoint_of(reader.client(uri), run)
     if checkpoint is None:
@@ -139,6 +134,16 @@ def _from_store(
             "before its first one; `looplab reproduce "
             f"{run_id} checkpoint.every_epochs=1` trains its config again from epoch 1"
         )
+    if status == "RUNNING" and not is_silent(run, int(time.time() * 1000)):
+        from looplab.core.checkpoint import load
+        from looplab.run.checkpoints import trainer_gone
+
+        if not trainer_gone(load(checkpoint)):
+            raise TrackingError(
+                f"run {run_id} is RUNNING and its process was heard from less than 90 s ago: "
+                "it may still be training; stop it (Ctrl-C or SIGTERM leave a checkpoint), "
+                "then resume it"
+            )
     config = checkpoint.parent / "config.yaml"
     text = (
         config.read_text(encoding="utf-8")

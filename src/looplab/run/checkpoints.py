@@ -4,6 +4,8 @@ would resume from it. No Hydra, no MLflow: `execute` calls this."""
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ class Checkpoints:
 
     def save(self) -> Path:
         identity = self.run.run_identity() if self.run is not None else {}
-        self.taker.run = {**identity, "resumed_at": list(self.resumed_at)}
+        here = {"host": socket.gethostname(), "pid": os.getpid()}  # is it still training?
+        self.taker.run = {**identity, **here, "resumed_at": list(self.resumed_at)}
         self.path = self.taker.save(self.folder)
         self.last = time.monotonic()
         return self.path
@@ -84,3 +87,18 @@ def check_fits(checkpoint: Checkpoint, config_digest: str, data_digest: str) -> 
             f"{checkpoint.state['data_digest']} then, {data_digest} now): the resumed run would "
             "not be the run it continues; move the checkpoint away and train afresh"
         )
+
+
+def trainer_gone(checkpoint: Checkpoint) -> bool:
+    """Whether the process that wrote `checkpoint` is known to be gone: it ran on this
+    machine and no process has its id (a SIGKILL, a crash)."""
+    run = checkpoint.run
+    if run.get("host") != socket.gethostname() or not run.get("pid"):
+        return False
+    try:
+        os.kill(int(run["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
