@@ -183,3 +183,145 @@ def test_a_stopped_run_resumes_from_the_store_alone_in_another_folder(tmp_path) 
     assert machine_b in folder.parents, "the resumed run has no folder of its own"
     assert history(client, run.info.run_id) == history(reference, expected.info.run_id)
     assert_same_weights(folder, Path(expected.data.tags["looplab.run_dir"]))
+
+
+def test_a_killed_sweep_launched_again_skips_resumes_and_runs(tmp_path) -> None:
+    """Faults: the interrupted job trains again from epoch 1 (or as a new run) instead of
+    going on from its checkpoint; a finished job trains again; the job that never ran is
+    skipped; the new parent does not count every job, or the resumed run stays under the
+    killed sweep's parent; an epoch of the resumed run is logged twice."""
+    sweep = ("-m", "train.lr=0.05,0.1,0.2", "train.batch_size=16", "train.epochs=150")
+    first = start(tmp_path, *sweep)
+
+    def second_job_going() -> bool:
+        files = list(tmp_path.glob("outputs/sweeps/*/*/1/metrics.csv"))
+        return bool(files) and len(files[0].read_text().splitlines()) > 40
+
+    wait_for("the second job's 40th epoch", second_job_going, timeout=240)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 128 + signal.SIGTERM
+    client = client_of(tmp_path)
+    killed = [
+        r for r in the_run(client) if r.info.status == "KILLED" and "lr=0.1" in r.info.run_name
+    ]
+    assert len(killed) == 1, [(r.info.run_name, r.info.status) for r in the_run(client)]
+    (killed,) = killed
+
+    again = subprocess.run(
+        [CLI, *sweep, "tracking.skip_finished=true"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    summary = again.stdout.strip().splitlines()[-1]
+    assert summary.startswith("sweep: 3 of 3 jobs finished"), summary
+    assert "1 skipped: FINISHED before" in summary and "1 resumed from a checkpoint" in summary
+    assert "resumed at epoch" in again.stdout + again.stderr
+    after = client.get_run(killed.info.run_id)
+    assert after.info.status == "FINISHED"
+    began = int(after.data.tags["looplab.resumed_at_epoch"])
+    assert began > 1, "the interrupted job started again from epoch 1"
+    assert [step for step, _ in history(client, killed.info.run_id)["val_loss"]] == list(
+        range(1, 151)
+    )
+    parents = [r for r in the_run(client) if r.data.tags.get("looplab.role") == "sweep"]
+    new_parent = max(parents, key=lambda r: r.info.start_time)
+    assert after.data.tags["mlflow.parentRunId"] == new_parent.info.run_id
+    assert new_parent.data.tags["looplab.jobs_finished"] == "3"
+    assert new_parent.data.tags["looplab.jobs_resumed"] == "1"
+
+
+def test_an_offline_run_killed_syncs_as_killed_then_resumes_and_syncs_whole(tmp_path) -> None:
+    """Faults: `looplab sync` refuses a run that never ended (or sends it as RUNNING, or as
+    FINISHED); `looplab resume FOLDER` cannot resume an offline run, or opens a store; the
+    resumed run synced later is a second MLflow run, or lacks epochs, or is not FINISHED."""
+    trainer = start(tmp_path, "tracking.offline=true", "checkpoint.every_epochs=30", *SGD)
+    wait_for("the run's 100th epoch", lambda: epochs_written(tmp_path) >= 100)
+    trainer.kill()
+    trainer.wait(timeout=30)
+    (folder,) = [p.parent for p in tmp_path.glob("outputs/runs/*/*/checkpoint.pt")]
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+    store = tmp_path / "team"
+    uri = store_uri(store)
+    synced = looplab(tmp_path, "sync", str(folder), "--tracking-uri", uri)
+    assert synced.returncode == 0, synced.stderr
+    assert "it never ended: sent as KILLED" in synced.stdout
+    client = client_of(store)
+    (run,) = the_run(client)
+    assert run.info.status == "KILLED"
+
+    resumed = looplab(tmp_path, "resume", str(folder))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "offline: the run is recorded in" in resumed.stdout + resumed.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists(), "resuming offline opened a store"
+    synced = looplab(tmp_path, "sync", str(folder), "--tracking-uri", uri)
+    assert synced.returncode == 0, synced.stderr
+    (run,) = the_run(client)
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in history(client, run.info.run_id)["val_loss"]] == list(range(1, 321))
+    assert run.data.tags["looplab.resumes"] == "1"
+
+
+def test_resume_refuses_in_one_line_what_it_cannot_go_on_with(tmp_path) -> None:
+    """Faults: a FINISHED run, a sweep's parent, a run with no checkpoint, a checkpoint of
+    another config in a run's folder, or data that changed since the checkpoint, resumed
+    anyway (or refused with a traceback, or with a zero exit), and the run touched."""
+    (tmp_path / "data.csv").write_text(
+        "a,b,y\n" + "".join(f"{i % 7},{i % 5},{i % 2}\n" for i in range(200))
+    )
+    csv = ("dataset=csv", "dataset.path=data.csv", "dataset.target=y", "train.epochs=3000")
+    trainer = start(tmp_path, *csv)
+    wait_for("the run's 100th epoch", lambda: epochs_written(tmp_path) >= 100)
+    trainer.send_signal(signal.SIGTERM)
+    trainer.wait(timeout=60)
+    client = client_of(tmp_path)
+    (stopped,) = the_run(client)
+    folder = Path(stopped.data.tags["looplab.run_dir"])
+
+    def refused(*args: str, cwd: Path = tmp_path) -> str:
+        done = looplab(cwd, *args) if args[0] == "resume" else None
+        if done is None:
+            done = subprocess.run(
+                [CLI, *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=300
+            )
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "error: " in lines[0], done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        return lines[0]
+
+    # the data changed since the checkpoint
+    (tmp_path / "data.csv").write_text((tmp_path / "data.csv").read_text() + "1,1,1\n")
+    assert "the data set changed since it was taken" in refused("resume", stopped.info.run_id)
+    # another config where a checkpoint lies (as a job run again in its folder would find)
+    line = refused("train", *csv, "train.lr=0.5", f"hydra.run.dir={folder}")
+    assert "was taken by another config" in line
+    assert client.get_run(stopped.info.run_id).info.status == "KILLED"
+
+    done = subprocess.run(
+        [CLI, "-m", "train.epochs=2", "model.width=0,2"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    runs = the_run(client)
+    finished = next(
+        r
+        for r in runs
+        if r.info.status == "FINISHED" and r.data.tags.get("looplab.role") != "sweep"
+    )
+    parent = next(r for r in runs if r.data.tags.get("looplab.role") == "sweep")
+    assert "is FINISHED: there is nothing to resume" in refused("resume", finished.info.run_id)
+    assert "is a sweep's parent" in refused("resume", parent.info.run_id)
+
+    early = tmp_path / "early"
+    early.mkdir()
+    trainer = start(early, "train.epochs=3000")  # killed before its first checkpoint (60 s)
+    wait_for("the run's 20th epoch", lambda: epochs_written(early) >= 20)
+    for pid in (trainer.pid, *writer_of(trainer.pid)):
+        os.kill(pid, signal.SIGKILL)
+    trainer.wait(timeout=30)
+    (lost,) = the_run(client_of(early))
+    assert "has no checkpoint" in refused("resume", lost.info.run_id, cwd=early)

@@ -181,6 +181,7 @@ class SweepCallback(Callback):
             "looplab.jobs_failed": str(sum(r.status != "KILLED" for r in failed)),
             "looplab.jobs_killed": str(sum(r.status == "KILLED" for r in failed)),
             "looplab.jobs_skipped": str(len(skipped)),
+            "looplab.jobs_resumed": str(sum(r.resumed_at is not None for r in records)),
         }
         if best is not None:
             tags[tag.BEST_RUN_ID] = best.run_id or run_ids.get(str(best.num), "")
@@ -255,8 +256,11 @@ def _print_summary(
     line = f"sweep: {done} of {len(records)} jobs finished"
     if stopped_by:
         line = f"sweep stopped by {stopped_by}: {done} of the {len(records)} jobs that ran finished"
-    if skipped:
-        line += f" ({skipped} skipped: FINISHED before, tracking.skip_finished=true)"
+    resumed = sum(r.resumed_at is not None for r in records)
+    why = [f"{skipped} skipped: FINISHED before, tracking.skip_finished=true"] if skipped else []
+    why += [f"{resumed} resumed from a checkpoint"] if resumed else []
+    if why:
+        line += f" ({'; '.join(why)})"
     if failed:
         line += "; failed: " + ", ".join(f"#{r.num} {r.name}" for r in failed)
     if parent_id:

@@ -232,7 +232,14 @@ def train_job(cfg: DictConfig) -> float:
     if job is not None:
         last = result.history[-1].metrics if result.history else {}
         tracked = tracker is not None and tracker.runs_started > runs_before
-        job.record(name, result.status, tracked=tracked, error=result.error, metrics=last)
+        job.record(
+            name,
+            result.status,
+            tracked=tracked,
+            error=result.error,
+            metrics=last,
+            resumed_at=resume.epoch + 1 if resume is not None else None,
+        )
     if result.exit_code and not (job is not None and result.status == "FAILED"):
         if result.error:
             print(f"looplab-train: {result.error}", file=sys.stderr)

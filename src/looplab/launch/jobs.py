@@ -56,6 +56,7 @@ class JobRecord:
     run_id: str | None = None  # a skipped job's: the FINISHED run it matched
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    resumed_at: int | None = None  # the epoch it went on from, when resumed from a checkpoint
 
     def write(self, sweep_dir: Path) -> None:
         path = job_record_path(sweep_dir, self.num)
