@@ -125,8 +125,9 @@ def _leave_at_once(signum: int, _frame: object) -> None:
 
 def ignore_stops() -> None:
     """For a helper process (the MLflow writer) that its parent tells when to end: the
-    terminal's signals reach it too, and must not cut what it still has to deliver."""
-    for signum in ALL_STOPS:
+    terminal's signals reach it too, and SLURM's warnings reach every process of a job (their
+    default action kills), and none must cut what it still has to deliver."""
+    for signum in (*ALL_STOPS, *WARNINGS):
         signal.signal(signum, signal.SIG_IGN)
 
 
