@@ -31,6 +31,7 @@ GROUPS = (
     "startup",
     "minibatch",
     "sweep",
+    "checkpoint",
     "scaling",
     "cuda",
 )
