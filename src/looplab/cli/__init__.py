@@ -48,6 +48,19 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+def add_trust(parser: argparse.ArgumentParser) -> None:
+    """--trust PACKAGE: a recorded run's `_target_`s are imported and run only when asked."""
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="let the run's parts name classes or functions of your own PACKAGE "
+        "(model._target_=PACKAGE.nets.Net): they are imported and run; without it, a run "
+        "that names them is refused",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from looplab.cli import compare, models, reproduce, resume, server, sync, ui
 

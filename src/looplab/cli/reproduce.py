@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from looplab.cli import add_trust
 from looplab.cli.differences import (
     compare_histories,
     recorded_differences,
@@ -67,14 +68,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="REL",
         help="largest relative difference taken as equal (default: 0, bitwise)",
     )
-    reproduce.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="PACKAGE",
-        help="let the run's model or update name classes of your own PACKAGE (model._target_"
-        "=PACKAGE.nets.Net): they are imported and run; without it, the rerun is refused",
-    )
+    add_trust(reproduce)
     reproduce.set_defaults(run=reproduce_command)
 
     diff = commands.add_parser(

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from looplab.cli import add_trust
 from looplab.core.errors import TrackingError
 from looplab.core.paths import CHECKPOINT_FILE, shown
 from looplab.run.tags import ROLE, RUN_DIR, RUN_NAME
@@ -48,14 +49,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "FOLDER works too, for a run recorded offline.",
     )
     resume.add_argument("target", metavar="RUN_ID|FOLDER")
-    resume.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="PACKAGE",
-        help="let the run's parts of your own PACKAGE (model._target_=PACKAGE.nets.Net) be "
-        "imported and run; without it, a run that names them is refused",
-    )
+    add_trust(resume)
     resume.set_defaults(run=resume_command)
 
 
