@@ -41,7 +41,7 @@ def test_a_run_whose_validation_numbers_are_not_finite_ends_failed(
     result = execute(cfg, tmp_path / "run")
     assert result.status == "FAILED" and result.exit_code == 1
     assert "val_loss" in result.error and "epoch 1" in result.error
-    assert result.objective == math.inf
+    assert result.objective() == math.inf
     run = only_run(client)
     assert run.info.status == "FAILED"
     assert run.data.tags["looplab.diverged_at_epoch"] == "1"
@@ -54,10 +54,10 @@ def test_a_failed_job_ranks_last_and_a_finished_one_returns_its_final_val_loss(
     base = ("dataset=diabetes", "train.epochs=8", "train.print_every=0", "tracking.enabled=false")
     diverged = execute(make_config(*base, "train.lr=1e10"), tmp_path / "a")
     assert diverged.status == "FAILED" and len(diverged.history) >= 1
-    assert diverged.objective == math.inf
+    assert diverged.objective() == math.inf
     finished = execute(make_config(*base, "train.lr=0.05"), tmp_path / "b")
-    assert finished.objective == finished.history[-1].metrics["val_loss"]
-    assert math.isfinite(finished.objective)
+    assert finished.objective() == finished.history[-1].metrics["val_loss"]
+    assert math.isfinite(finished.objective())
 
 
 def test_the_run_records_its_inferred_task_its_data_and_its_folder(

@@ -11,8 +11,10 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class LooplabOptunaSweeperConf:
     _target_: str = "hydra_plugins.looplab_optuna_sweeper.sweeper.LooplabOptunaSweeper"
-    direction: str = "minimize"  # or maximize: the task function's return value; a job that
-    # raised or returned no finite number (looplab's failed jobs: +inf) is a FAIL trial
+    # minimize or maximize the task function's return value; null: the direction of
+    # looplab's `optimized_metric` (accuracy maximised, losses minimised). A job that raised
+    # or returned no finite number (looplab's failed jobs: the worst value) is a FAIL trial
+    direction: str | None = None
     n_trials: int = 20  # trials in the whole study, those of earlier launches included
     n_jobs: int = 1  # trials asked for at once, and handed to the launcher as one batch
     seed: int | None = 42  # the TPE sampler's seed

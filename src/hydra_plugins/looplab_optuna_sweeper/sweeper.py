@@ -23,6 +23,7 @@ from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from looplab.core.objective import direction_for
 from looplab.launch.sweeper import LaunchingSweeper
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,15 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         (folder / "optuna").mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(folder / 'optuna' / f'{study_name}.db').resolve()}"
 
+    def _direction(self) -> str:
+        """`direction`, else the direction of looplab's `optimized_metric` (any other app:
+        minimize, as Hydra's Optuna sweeper)."""
+        assert self.config is not None
+        metric = self.config.get("optimized_metric")
+        if metric is None:
+            return str(self.settings.get("direction") or "minimize")
+        return direction_for(str(metric), self.settings.get("direction"))
+
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
@@ -109,7 +119,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             study_name=name,
             storage=storage,
             load_if_exists=True,
-            direction=self.settings.get("direction", "minimize"),
+            direction=self._direction(),
             sampler=optuna.samplers.TPESampler(seed=self.settings.get("seed")),
         )
         for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):

@@ -11,15 +11,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from looplab.core.errors import LooplabError
+from looplab.core.objective import direction_for
 from looplab.core.schema import plain_config
 from looplab.launch.jobs import DONE, JobRecord, read_job_records, sweep_id
 from looplab.launch.schema import searched
@@ -123,6 +125,10 @@ class SweepCallback(Callback):
                 settings.tracking.experiment,
                 stopped_by,
                 settings.tracking.log_model == "best",
+                direction_for(
+                    settings.optimized_metric, OmegaConf.select(config, "hydra.sweeper.direction")
+                ),
+                settings.optimized_metric,
             )
         return [r for r in records if r.status not in DONE]
 
@@ -134,6 +140,8 @@ class SweepCallback(Callback):
         experiment: str,
         stopped_by: str | None = None,
         best_model: bool = False,
+        direction: str = "minimize",
+        metric: str = "val_loss",
     ) -> None:
         """The parent's closing tags and files (runs table, curves), its end, the summary;
         with `best_model` (tracking.log_model=best), the best child's logged model."""
@@ -171,9 +179,10 @@ class SweepCallback(Callback):
                 files.append((sweep_dir / "curves.png", None))
             except LooplabError as error:  # e.g. no job got to its first epoch
                 print(f"warning: no curves for the sweep: {error}", file=sys.stderr)
+        sign = -1.0 if direction == "maximize" else 1.0  # the best child, by the objective
         best = min(
-            (r for r in finished if "val_loss" in r.metrics),
-            key=lambda r: r.metrics["val_loss"],
+            (r for r in finished if math.isfinite(r.metrics.get(metric, math.nan))),
+            key=lambda r: sign * r.metrics[metric],
             default=None,
         )
         tags = {
@@ -186,7 +195,8 @@ class SweepCallback(Callback):
         if best is not None:
             tags[tag.BEST_RUN_ID] = best.run_id or run_ids.get(str(best.num), "")
             tags[tag.BEST_JOB] = str(best.num)
-            tags["looplab.best_val_loss"] = repr(best.metrics["val_loss"])
+            tags["looplab.optimized_metric"] = f"{metric} ({direction})"
+            tags["looplab.best_value"] = repr(best.metrics[metric])
         status = "FINISHED" if not failed else "FAILED"
         if stopped_by:
             status, tags[tag.STOPPED_BY] = "KILLED", stopped_by
@@ -198,14 +208,19 @@ class SweepCallback(Callback):
         best_id, best_line = tags.get(tag.BEST_RUN_ID), None
         if best is not None and best_id and best_model and not stopped_by:
             best_run = next((r for r in runs if r.info.run_id == best_id), None)
-            best_line = log_best_model(uri, best, best_id, best_run, parent_id)
+            best_line = log_best_model(uri, best, best_id, best_run, parent_id, metric)
         _print_summary(records, table_text, parent_id, hint, stopped_by, best_line)
         if parent.note:
             print(parent.note)
 
 
 def log_best_model(
-    uri: str, best: JobRecord, run_id: str, run: Any, parent_id: str | None
+    uri: str,
+    best: JobRecord,
+    run_id: str,
+    run: Any,
+    parent_id: str | None,
+    metric: str = "val_loss",
 ) -> str | None:
     """The best child's MLflow model (unless it has one), and a line that says how to register
     it; a store that refuses is a warning (and no line): the sweep itself is done."""
@@ -222,7 +237,7 @@ def log_best_model(
         print(f"warning: the best job's model was not logged: {error}", file=sys.stderr)
         return None
     return (
-        f"best: #{best.num} {best.name} (val_loss {best.metrics['val_loss']:.4g}), its model "
+        f"best: #{best.num} {best.name} ({metric} {best.metrics[metric]:.4g}), its model "
         f"models:/{model_id}; register it with `looplab register {parent_id} NAME`"
     )
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -40,6 +39,7 @@ from looplab.core.errors import (
     LooplabError,
     Terminated,
 )
+from looplab.core.objective import direction_for, value_of, worst
 from looplab.core.paths import config_dir
 from looplab.core.schema import plain_config
 from looplab.core.signals import ALL_STOPS, stops_raise, while_closing
@@ -146,8 +146,9 @@ def launcher_cpus(hydra_config: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 @records_its_jobs  # looplab's sweepers: every job leaves a record; a failed one never raises
 def train_job(cfg: DictConfig) -> float:
-    """Run one job; return its final validation loss, the value sweepers minimise (+inf for
-    a job that did not finish, which looplab's Optuna sweeper counts a failed trial).
+    """Run one job; return its `optimized_metric` (the final val_loss by default), the value
+    a sweeper optimises: the worst for its direction for a job that did not finish, which
+    looplab's Optuna sweeper counts a failed trial.
 
     In a sweep a failing job is reported in one line and the sweep goes on; its end is
     recorded in the sweep folder for the sweep's summary and exit code.
@@ -164,6 +165,7 @@ def train_job(cfg: DictConfig) -> float:
     name = ""
     tracker: Tracker | None = None
     runs_before = 0
+    metric, direction = objective_of(cfg, hydra_config)
     try:
         plain = plain_config(cfg)
         validate(plain)
@@ -194,7 +196,7 @@ def train_job(cfg: DictConfig) -> float:
         name = tags.pop(tag.RUN_NAME, name)
         resume = checkpoint_to_resume(plain, output_dir, None, parts)
         if resume is None and plain.tracking.skip_finished and tracker is not None:
-            skipped = skip_if_finished(plain, tracker, job, name, parts)
+            skipped = skip_if_finished(plain, tracker, job, name, parts, direction)
             if skipped is not None:
                 return skipped
             resume = checkpoint_to_resume(plain, output_dir, tracker, parts)
@@ -221,23 +223,22 @@ def train_job(cfg: DictConfig) -> float:
         message = str(error) if isinstance(error, LooplabError) else describe(error)
         if job is None:
             _fail(message)
-        return _job_failed(job, name, message)
+        return _job_failed(job, name, message, worst(direction))
     except Exception as error:  # a bug mid-run: the run is FAILED in the store already
         if job is None or os.environ.get(USER_FULL_ERROR) == "1":
             raise
         tracked = tracker is not None and tracker.runs_started > runs_before
         message = f"{type(error).__name__}: {error}"
-        return _job_failed(job, name, message, run_started=True, tracked=tracked)
+        return _job_failed(job, name, message, worst(direction), True, tracked)
     print_warning(result, output_dir)
     if job is not None:
-        last = result.history[-1].metrics if result.history else {}
         tracked = tracker is not None and tracker.runs_started > runs_before
         job.record(
             name,
             result.status,
             tracked=tracked,
             error=result.error,
-            metrics=last,
+            metrics=result.final(),
             resumed_at=resume.epoch + 1 if resume is not None else None,
         )
     if result.exit_code and not (job is not None and result.status == "FAILED"):
@@ -246,7 +247,14 @@ def train_job(cfg: DictConfig) -> float:
         sys.exit(result.exit_code)
     if result.error:  # a diverged job in a sweep: reported, and the sweep goes on
         print(f"looplab-train: job {job.num if job else 0}: {result.error}", file=sys.stderr)
-    return result.objective
+    return result.objective(metric, direction)
+
+
+def objective_of(cfg: DictConfig, hydra_config: DictConfig) -> tuple[str, str]:
+    """`optimized_metric` and its direction: the sweeper's `direction` when it has one,
+    else the metric's own (core/objective.py)."""
+    metric = str(cfg.get("optimized_metric") or "val_loss")
+    return metric, direction_for(metric, OmegaConf.select(hydra_config, "sweeper.direction"))
 
 
 def note_declared_sweep(hydra_config: DictConfig) -> None:
@@ -303,11 +311,16 @@ def requested_tags() -> dict[str, str]:
 
 
 def skip_if_finished(
-    plain: DictConfig, tracker: Tracker, job: SweepJob | None, name: str, parts: Parts
+    plain: DictConfig,
+    tracker: Tracker,
+    job: SweepJob | None,
+    name: str,
+    parts: Parts,
+    direction: str,
 ) -> float | None:
     """With `tracking.skip_finished=true`: when a FINISHED run of the experiment trained the
     same config (less where it is recorded) on the same data (by digest), say so, record the
-    job as SKIPPED and return that run's final val_loss; else None, and the job trains.
+    job as SKIPPED and return that run's `optimized_metric`; else None, and the job trains.
 
     The data digest is of the table as loaded, so a changed CSV trains again.
     """
@@ -315,7 +328,7 @@ def skip_if_finished(
     from looplab.run.records import describe_data
 
     digest = describe_data(plain, parts).digest
-    run_id, val_loss = tracker.find_finished(identity(plain), digest)
+    run_id, metrics = tracker.find_finished(identity(plain), digest)
     if run_id is None:
         return None
     prefix = job.prefix if job is not None else ""
@@ -323,20 +336,25 @@ def skip_if_finished(
         f"{prefix}{name}: skipped, already FINISHED as MLflow run {run_id} (same config and data)"
     )
     if job is not None:
-        metrics = {"val_loss": val_loss} if math.isfinite(val_loss) else {}
         job.record(name, "SKIPPED", run_id=run_id, metrics=metrics)
     tracker.release()
-    return val_loss if math.isfinite(val_loss) else math.inf
+    return value_of(plain.optimized_metric, metrics, direction)
 
 
 def _job_failed(
-    job: SweepJob, name: str, message: str, run_started: bool = False, tracked: bool = False
+    job: SweepJob,
+    name: str,
+    message: str,
+    score: float,
+    run_started: bool = False,
+    tracked: bool = False,
 ) -> float:
-    """Report a sweep job that failed in one line, record it, and let the sweep go on."""
+    """Report a sweep job that failed in one line, record it, and let the sweep go on; it
+    scores `score`, the worst value for the sweep's direction."""
     when = "" if run_started else " before training"
     print(f"looplab-train: job {job.num} {name}: failed{when}: {message}", file=sys.stderr)
     job.record(name or f"job {job.num}", "FAILED", tracked=tracked, error=message)
-    return math.inf
+    return score
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 from omegaconf import DictConfig
 
 from looplab.core.errors import ConfigError
+from looplab.core.objective import BEST, METRICS, base_metric
 from looplab.core.schema import (
     Impl,
     LooplabConfig,
@@ -132,6 +133,13 @@ def validate(cfg: DictConfig) -> None:
         "tracking.wait_s",
         cfg.tracking.wait_s,
         "it must be >= 0 seconds (0 = do not wait for a store that is away)",
+    )
+    metric = cfg.get("optimized_metric", "val_loss")
+    _require(
+        base_metric(metric) in METRICS,
+        "optimized_metric",
+        metric,
+        f"it must be one of {', '.join(METRICS)}, each final or with {BEST} (its best value)",
     )
     checkpoint = cfg.get("checkpoint")
     if checkpoint is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from looplab.core.errors import (
     Terminated,
 )
 from looplab.core.loop import EpochResult, Progress
+from looplab.core.objective import best_metrics, check_metric, value_of, worst
 from looplab.core.paths import shown
 from looplab.core.schema import update_name
 from looplab.core.signals import StopsBetweenSteps, stops_raise, while_closing
@@ -56,13 +56,22 @@ class RunResult:
     name: str = ""
     seconds: float = 0.0
 
-    @property
-    def objective(self) -> float:
-        """What a sweeper minimises: the final val_loss, or +inf for a run that did not
-        finish, which looplab's Optuna sweeper tells its study as a failed trial (never NaN)."""
-        if self.status != "FINISHED" or not self.history:
-            return math.inf
-        return self.history[-1].metrics["val_loss"]
+    def final(self) -> dict[str, float]:
+        """The last epoch's metrics and every metric's best (`val_loss_best`, ..._best_epoch)."""
+        if not self.history:
+            return {}
+        return {**self.history[-1].metrics, **best_metrics(self.epochs())}
+
+    def epochs(self) -> list[tuple[int, dict[str, float]]]:
+        return [(r.epoch, r.metrics) for r in self.history]
+
+    def objective(self, metric: str = "val_loss", direction: str = "minimize") -> float:
+        """What a job returns to its sweeper (`optimized_metric`); the worst value for the
+        direction when the run did not finish, which looplab's Optuna sweeper tells its
+        study as a failed trial (never NaN)."""
+        if self.status != "FINISHED":
+            return worst(direction)
+        return value_of(metric, self.final(), direction)
 
 
 def execute(
@@ -139,6 +148,8 @@ def _execute(
         result.history,
     )  # fmt: skip
     checkpoints = Checkpoints(cfg, taker, output_dir, tracker)
+    logged = ["train_loss", "val_loss", ready.quality_name]
+    check_metric(cfg.get("optimized_metric", "val_loss"), logged)
     if resume is not None:  # refused before anything is written or recorded
         check_fits(resume, taker.config_digest, taker.data_digest)
         restore(resume, taker, ready.device)
@@ -205,7 +216,7 @@ def _execute(
             for earlier in result.history:  # resumed, into a run of its own
                 tracker(earlier)
 
-    csv = MetricsCsv(output_dir / "metrics.csv", ["train_loss", "val_loss", ready.quality_name])
+    csv = MetricsCsv(output_dir / "metrics.csv", logged)
     for earlier in result.history:  # a resumed run's folder holds every epoch once
         csv(earlier)
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
@@ -249,6 +260,9 @@ def _execute(
         model_file = output_dir / "model.pt"
         torch.save(ready.model.state_dict(), model_file)  # tensors only: loads with weights_only
         end_files.append((model_file, None))
+    if tracker is not None and result.history:  # each metric's best, for the runs table
+        last = result.history[-1].epoch
+        tracker(EpochResult(last, best_metrics(result.epochs()), int(time.time() * 1000)))
     if tracker is not None:
         model = output_dir if log_model and result.status == "FINISHED" else None
         result.warning = tracker.finish(

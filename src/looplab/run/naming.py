@@ -23,6 +23,7 @@ def identity(cfg: DictConfig) -> str:
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     document.pop("tracking", None)
     document.pop("checkpoint", None)
+    document.pop("optimized_metric", None)
     if document["model"].get("hidden") is None:  # unset: the identity runs had before it
         document["model"].pop("hidden", None)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
@@ -70,7 +71,7 @@ def data_name(cfg: DictConfig) -> str:
 
 
 # Keys that say where a run is recorded or how it prints, not what it trains: never in a name.
-UNNAMED_PREFIXES = ("tracking.", "checkpoint.", "train.print_", "train.threads")
+UNNAMED_PREFIXES = ("tracking.", "checkpoint.", "optimized_metric", "train.print_", "train.threads")
 
 
 def differences(cfg: DictConfig, baseline: DictConfig) -> list[str]:

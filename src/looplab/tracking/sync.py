@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from looplab.core.errors import TrackingError
+from looplab.core.objective import best_metrics
 from looplab.core.paths import CHECKPOINT_FILE
 from looplab.run import tags as tag
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
@@ -207,6 +208,7 @@ def sync_record(
         client.log_batch(run_id, tags=missing)
 
     epochs_added = _add_epochs(client, run_id, folder, Metric)
+    _add_best(client, run_id, folder, run.data.metrics, Metric)
     files_added = _add_files(client, run_id, folder, record.artifacts)
 
     ended = run.info.status != record.status or run.info.end_time != record.end_time_ms
@@ -236,6 +238,18 @@ def _end_unended(folder: Path, record: RunRecord) -> None:
         record.relative_files(folder, [(checkpoint, tag.CHECKPOINT_ARTIFACT)])
         record.end_tags[tag.CHECKPOINT_EPOCH] = str(saved.epoch)
         record.end_tags[tag.CHECKPOINT_BATCH] = str(saved.batch)
+
+
+def _add_best(client: Any, run_id: str, folder: Path, have: dict, metric: Any) -> None:
+    """Each metric's best value and epoch (`val_loss_best`), as a run logs them at its end."""
+    epochs = read_epochs(folder)
+    if not epochs:
+        return
+    best = best_metrics([(epoch, values) for epoch, _, values in epochs])
+    last, stamp = epochs[-1][0], epochs[-1][1]
+    missing = [metric(k, v, stamp, last) for k, v in best.items() if have.get(k) != v]
+    if missing:
+        client.log_batch(run_id, metrics=missing)
 
 
 def _add_epochs(client: Any, run_id: str, folder: Path, metric: Any) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.core.errors import TrackingError
+from looplab.core.objective import BEST, BEST_EPOCH
 from looplab.tracking.reader import LOST_AFTER_SECONDS, history, is_lost
 from looplab.tracking.store import JOB_TAG as JOB
 from looplab.tracking.store import SWEEP_ID_TAG as SWEEP_ID
@@ -41,8 +42,11 @@ def varying_params(runs: list[Run]) -> list[str]:
 
 
 def metric_names(runs: list[Run]) -> list[str]:
-    """Every metric any of `runs` logged, the usual ones first."""
-    names = {name for run in runs for name in run.data.metrics}
+    """Every epoch metric any of `runs` logged, the usual ones first (not the summaries a run
+    logs at its end, `val_loss_best` and `val_loss_best_epoch`: the table finds the best)."""
+    names = {
+        name for run in runs for name in run.data.metrics if not name.endswith((BEST, BEST_EPOCH))
+    }
     known = [name for name in METRIC_ORDER if name in names]
     return known + sorted(names - set(known))
 
