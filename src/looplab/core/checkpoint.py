@@ -77,6 +77,8 @@ class Taker:
     data_digest: str
     history: list[EpochResult]
     run: dict[str, Any] = field(default_factory=dict)
+    # epoch callbacks with a state of their own (state_dict / load_state_dict): early stop
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
         """Everything, as tensors and plain values, at the point the loop stands."""
@@ -102,6 +104,7 @@ class Taker:
             "config_digest": self.config_digest,
             "data_digest": self.data_digest,
             "run": dict(self.run),
+            "callbacks": {name: part.state_dict() for name, part in self.callbacks.items()},
             "written_ms": int(time.time() * 1000),
         }
 
@@ -138,6 +141,9 @@ def restore(checkpoint: Checkpoint, taker: Taker, device: torch.device) -> None:
         taker.generator.set_state(saved["shuffle_state"])
     set_rng_state(state["rng"])
     taker.history[:] = checkpoint.history()
+    for name, part in taker.callbacks.items():
+        if name in state.get("callbacks", {}):
+            part.load_state_dict(state["callbacks"][name])
 
 
 def load(path: Path) -> Checkpoint:

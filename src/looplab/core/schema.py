@@ -131,6 +131,12 @@ class DeviceConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    patience: int | None = None  # epochs without improvement before the run ends; null: off
+    min_delta: float = 0.0  # an improvement is a change of more than this
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 100
     batch_size: int | None = None
@@ -141,6 +147,8 @@ class TrainConfig:
     print_every: int = 1
     print_style: PrintStyle = PrintStyle.full
     threads: int | None = None
+    # End the run when `optimized_metric` stops improving; model.pt keeps its best epoch
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
 @dataclass

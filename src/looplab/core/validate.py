@@ -134,6 +134,17 @@ def validate(cfg: DictConfig) -> None:
         cfg.tracking.wait_s,
         "it must be >= 0 seconds (0 = do not wait for a store that is away)",
     )
+    early = train.get("early_stop")
+    if early is not None:
+        _require(
+            early.patience is None or early.patience >= 1,
+            "train.early_stop.patience",
+            early.patience,
+            "it must be >= 1 epochs, or null for no early stop",
+        )
+        _require(
+            early.min_delta >= 0, "train.early_stop.min_delta", early.min_delta, "it must be >= 0"
+        )
     metric = cfg.get("optimized_metric", "val_loss")
     _require(
         base_metric(metric) in METRICS,

@@ -32,6 +32,7 @@ from looplab.core.validate import validate
 from looplab.run import tags as tag
 from looplab.run.checkpoints import Checkpoints, check_fits
 from looplab.run.config_file import rerunnable
+from looplab.run.early_stop import EarlyStop, StoppedEarly
 from looplab.run.naming import identity, params, run_name
 from looplab.run.parts import Parts
 from looplab.run.prepare import prepare
@@ -55,6 +56,7 @@ class RunResult:
     error: str | None = None
     name: str = ""
     seconds: float = 0.0
+    note: str | None = None  # why a FINISHED run ended before its last epoch (early stop)
 
     def final(self) -> dict[str, float]:
         """The last epoch's metrics and every metric's best (`val_loss_best`, ..._best_epoch)."""
@@ -147,6 +149,12 @@ def _execute(
         ready.model, ready.update, ready.generator, progress, identity(cfg), data_record.digest,
         result.history,
     )  # fmt: skip
+    early = cfg.train.get("early_stop") or {}
+    early_stop = None
+    if early.get("patience"):
+        metric = cfg.get("optimized_metric", "val_loss")
+        early_stop = EarlyStop(ready.model, metric, early.patience, early.min_delta)
+        taker.callbacks["early_stop"] = early_stop
     checkpoints = Checkpoints(cfg, taker, output_dir, tracker)
     logged = ["train_loss", "val_loss", ready.quality_name]
     check_metric(cfg.get("optimized_metric", "val_loss"), logged)
@@ -220,7 +228,8 @@ def _execute(
     for earlier in result.history:  # a resumed run's folder holds every epoch once
         csv(earlier)
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
-    callbacks.append(checkpoints)  # last: it records what the tracker was handed
+    callbacks.append(checkpoints)  # it records what the tracker was handed
+    callbacks += [early_stop] if early_stop is not None else []  # last: it may end the loop
     end_tags: dict[str, str] = {}
     end_files_now: list[tuple[Path, str | None]] = []  # a stopped run's checkpoint
     failure: BaseException | None = None
@@ -231,6 +240,11 @@ def _execute(
         else:
             ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
         result.status = "FINISHED"
+    except StoppedEarly as stop:  # model.pt gets the best epoch's weights
+        early_stop.restore_best()  # type: ignore[union-attr]
+        result.status = "FINISHED"
+        end_tags = {tag.EARLY_STOPPED_AT: str(stop.epoch), tag.BEST_EPOCH: str(stop.best_epoch)}
+        result.note = str(stop)
     except DivergedError as error:
         result.status, result.exit_code, result.error = "FAILED", EXIT_FAILED, str(error)
         end_tags = {"looplab.diverged_at_epoch": str(error.epoch), "looplab.error": str(error)}
@@ -254,6 +268,10 @@ def _execute(
     finally:
         console.close()  # every buffered line is out before any error is told
         csv.close()
+    if result.note:  # why the run ended before its last epoch
+        log.info(
+            f"{console.prefix}{name}: {result.note}", extra={"file_only": bool(console.prefix)}
+        )
     end_files: list[tuple[Path, str | None]] = [(csv.path, None), *end_files_now]
     checkpoints.ended(result.status, diverged=result.status == "FAILED" and failure is None)
     if result.status == "FINISHED":

@@ -26,6 +26,8 @@ def identity(cfg: DictConfig) -> str:
     document.pop("optimized_metric", None)
     if document["model"].get("hidden") is None:  # unset: the identity runs had before it
         document["model"].pop("hidden", None)
+    if (document["train"].get("early_stop") or {}).get("patience") is None:  # off: the same
+        document["train"].pop("early_stop", None)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

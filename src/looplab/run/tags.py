@@ -23,3 +23,5 @@ RESUMES = "looplab.resumes"  # how often the run was resumed
 RESUMED_AT = "looplab.resumed_at_epoch"  # the epoch each resumption began in, comma-separated
 CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact folder of a stopped run's checkpoint.pt
 UNENDED = "looplab.unended"  # a run whose process never ended it, sent as KILLED by a sync
+EARLY_STOPPED_AT = "looplab.early_stopped_at_epoch"  # train.early_stop ended the run here...
+BEST_EPOCH = "looplab.best_epoch"  # ...and model.pt holds this epoch's weights
