@@ -179,3 +179,27 @@ def test_an_optuna_search_takes_a_diverging_trial_and_resumes(run_cli, tmp_path)
     study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 7
     assert len(list(tmp_path.glob("outputs/sweeps/*/*/1/metrics.csv"))) == 1  # job 1: once
+
+
+def test_a_search_without_optuna_says_which_extra_in_one_line_and_records_nothing(
+    run_cli, tmp_path
+) -> None:
+    """Faults: `hparams_search=optuna` without the search extra ends in a traceback
+    (`No module named 'optuna'`), or leaves an empty KILLED parent run and a sweep folder
+    behind, after which `looplab runs --last` fails."""
+    fake = tmp_path / "no_optuna" / "optuna"
+    fake.mkdir(parents=True)  # an `import optuna` that fails as it does without the extra
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'optuna'\", name='optuna')\n"
+    )
+    import os
+
+    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = run_cli("-m", "hparams_search=optuna", "train.epochs=2", env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "looplab-train: error: hparams_search=optuna needs Optuna, the `search` extra: "
+        "PIP_CONSTRAINT=constraints.txt .venv/bin/pip install -e '.[search]'; nothing was "
+        "recorded"
+    ]
+    assert not (tmp_path / "outputs").exists(), "a parent run or a sweep folder was left"

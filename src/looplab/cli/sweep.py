@@ -32,6 +32,7 @@ from looplab.launch.sweep import (
     enumerate_jobs,
     job_part,
     refuse_intervals,
+    refuse_missing_optuna,
     refuse_slurm_elsewhere,
     sweep_overrides,
 )
@@ -69,6 +70,7 @@ class SweepCallback(Callback):
         callback._end(config, stopped_by=by)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_missing_optuna(str(config.hydra.sweeper.get("_target_", "")))
         lines = sweep_overrides(config)
         jobs, swept = enumerate_jobs(lines)
         if "grid" in str(config.hydra.sweeper.get("_target_", "")):

@@ -119,6 +119,21 @@ def refuse_slurm_elsewhere(launcher_target: str) -> None:
         )
 
 
+def refuse_missing_optuna(sweeper_target: str) -> None:
+    """`hparams_search=optuna` needs the `search` extra: say so in one line before the parent
+    run or the sweep's folder exists, rather than fail with a traceback after both."""
+    if not sweeper_target.endswith("LooplabOptunaSweeper"):
+        return
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise SweepRefused(
+            "hparams_search=optuna needs Optuna, the `search` extra: "
+            "PIP_CONSTRAINT=constraints.txt .venv/bin/pip install -e '.[search]'; nothing was "
+            "recorded"
+        ) from None
+
+
 def _refuse(message: str, job: list[Choice]) -> None:
     shown = " ".join(c.text for c in job) or "(no overrides)"
     raise SweepRefused(
