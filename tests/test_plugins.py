@@ -266,3 +266,71 @@ def test_a_job_that_raised_is_a_failed_trial_and_stops_another_apps_search(tmp_p
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert len(trials) < 6 and trials[-1].params["+divisor"] == 0
     assert [t.state.name for t in trials] == ["COMPLETE"] * (len(trials) - 1) + ["FAIL"]
+
+
+@NEEDS_OPTUNA
+def test_a_range_keeps_its_values_whatever_their_type_or_order() -> None:
+    """Held to hydra-optuna-sweeper. Faults: a float `range(0.5, 5.5, step=1)` searched as
+    integers; `range(-5.5, 5.5, step=0.5)` (the plugin's sphere example) crashing, even when
+    the command line replaces that key; `shuffle(range(1,10))` taken from its first and last
+    shuffled values."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from hydra_plugins.looplab_optuna_sweeper.sweeper import LooplabOptunaSweeper
+
+    declared = {"x": "range(-5.5, 5.5, step=0.5)", "y": "range(0.5, 5.5, step=1)"}
+    sweeper = LooplabOptunaSweeper(params=declared)
+    space, fixed = sweeper._space(["z=shuffle(range(1,10))"])
+    assert space["x"] == FloatDistribution(-5.5, 5.0, step=0.5)
+    assert space["y"] == FloatDistribution(0.5, 4.5, step=1.0)
+    assert space["z"] == IntDistribution(1, 9, step=1)
+    replaced, _ = LooplabOptunaSweeper(params={"x": "range(-5.5, 5.5, step=0.5)"})._space(
+        ["x=choice(1,2)"]
+    )
+    assert list(replaced) == ["x"] and replaced["x"].choices == (1, 2)
+    assert fixed == []
+
+
+@pytest.mark.slow
+@NEEDS_OPTUNA
+def test_the_optuna_sweeper_refuses_unknown_keys_and_stops_at_its_failure_rate(
+    tmp_path,
+) -> None:
+    """Held to hydra-optuna-sweeper. Faults: an unknown `hydra.sweeper` key accepted in
+    silence (a search unlike the one asked for); `max_failure_rate` refused, so a search
+    whose every trial fails runs to its end; no `optimization_results.yaml` (the best
+    parameters and value, which scripts read)."""
+    import optuna
+    import yaml
+
+    def search(folder: str, *overrides: str) -> tuple[subprocess.CompletedProcess[str], object]:
+        storage = f"sqlite:///{tmp_path / folder / 'study.db'}"
+        done = run_app(
+            tmp_path / folder,
+            "objective.py",
+            "hydra/sweeper=looplab_optuna",
+            "hydra.sweeper.n_trials=4",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=s",
+            *overrides,
+        )
+        return done, (lambda: optuna.load_study(study_name="s", storage=storage))
+
+    done, _ = search("unknown", "+hydra.sweeper.sampler_seed=1", "+value=choice(1.0,2.0)")
+    assert done.returncode == 1
+    assert "hydra.sweeper.sampler_seed is not a key of looplab's Optuna sweeper" in done.stderr
+
+    done, study = search("failing", "hydra.sweeper.max_failure_rate=0.5", "+value=choice(inf)")
+    assert "stopped after 1 trials: 1 failed, more than hydra.sweeper.max_failure_rate=0.5" in (
+        done.stdout
+    )
+    assert len(study().trials) == 1
+    done, study = search("going_on", "+value=choice(inf)")  # looplab's default: 1.0
+    assert len(study().trials) == 4
+
+    done, study = search("results", "+value=choice(1.0,2.0)")
+    assert done.returncode == 0, done.stderr
+    results = yaml.safe_load(
+        (tmp_path / "results" / "sweep" / "optimization_results.yaml").read_text()
+    )
+    assert results == {"name": "optuna", "best_params": {"+value": 1.0}, "best_value": 1.0}

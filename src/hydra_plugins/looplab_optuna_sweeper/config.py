@@ -17,6 +17,9 @@ class LooplabOptunaSweeperConf:
     direction: str | None = None
     n_trials: int = 20  # trials in the whole study, those of earlier launches included
     n_jobs: int = 1  # trials asked for at once, and handed to the launcher as one batch
+    # Stop the search (exit 1) once more than this share of its trials failed; 1.0: never,
+    # as looplab's grid goes on past failed jobs (Hydra's Optuna sweeper stops at 0.0)
+    max_failure_rate: float = 1.0
     seed: int | None = 42  # the TPE sampler's seed
     study_name: str | None = None  # null: named after the search space and fixed overrides
     storage: str | None = None  # null: sqlite:///<tracking store's folder>/optuna/<study>.db

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from hydra_plugins.looplab_optuna_sweeper.config import LooplabOptunaSweeperConf
 from looplab.core.objective import direction_for
+from looplab.launch.sweep import SweepRefused
 from looplab.launch.sweeper import LaunchingSweeper
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,12 @@ def distribution(override: Override) -> Any:
 
     if override.is_discrete_sweep():
         values = list(override.sweep_iterator())
-        if override.is_range_sweep():
-            step = values[1] - values[0] if len(values) > 1 else 1
-            return dist.IntDistribution(values[0], values[-1], step=step)
+        if override.is_range_sweep():  # shuffled or not: its bounds and step, in order
+            ordered = sorted(values)
+            step = ordered[1] - ordered[0] if len(ordered) > 1 else 1
+            if all(isinstance(value, int) for value in ordered):
+                return dist.IntDistribution(ordered[0], ordered[-1], step=step)
+            return dist.FloatDistribution(float(ordered[0]), float(ordered[-1]), step=step)
         return dist.CategoricalDistribution(values)
     sweep = override.value()
     if isinstance(sweep, IntervalSweep):
@@ -63,23 +69,26 @@ def objective(job: JobReturn) -> float | None:
 class LooplabOptunaSweeper(LaunchingSweeper):
     def __init__(self, **settings: Any) -> None:
         super().__init__()
+        known = {f.name for f in fields(LooplabOptunaSweeperConf)}
+        unknown = sorted(set(settings) - known)
+        if unknown:  # a `+hydra.sweeper.KEY` that nothing reads: a search unlike the one asked
+            raise SweepRefused(
+                f"hydra.sweeper.{unknown[0]} is not a key of looplab's Optuna sweeper; its "
+                f"keys: {', '.join(sorted(known - {'_target_'}))}"
+            )
         self.settings = settings
 
     def _space(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
         """The search space (declared params, then command-line sweeps) and fixed overrides."""
         declared = self.settings.get("params") or {}
         lines = [f"{key}={value}" for key, value in declared.items()] + list(arguments)
-        space: dict[str, Any] = {}
-        fixed: dict[str, str] = {}
+        last: dict[str, Override] = {}  # the command line replaces a declared key, whole
         for override in OverridesParser.create().parse_overrides(lines):
-            key = override.get_key_element()
-            if override.is_sweep_override():
-                space[key] = distribution(override)
-                fixed.pop(key, None)
-            else:
-                fixed[key] = override.input_line
-                space.pop(key, None)
-        return space, list(fixed.values())
+            last.pop(override.get_key_element(), None)
+            last[override.get_key_element()] = override
+        space = {k: distribution(o) for k, o in last.items() if o.is_sweep_override()}
+        fixed = [o.input_line for o in last.values() if not o.is_sweep_override()]
+        return space, fixed
 
     def _storage(self, study_name: str) -> str:
         if self.settings.get("storage"):
@@ -129,6 +138,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         batch_size = max(1, int(self.settings.get("n_jobs", 1)))
         if done >= total:
             print(f"study {name}: all {total} trials are done already ({storage})")
+        failed = launched = 0
         while done < total:
             trials = [study.ask(space) for _ in range(min(batch_size, total - done))]
             overrides = [
@@ -143,7 +153,16 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                 else:
                     study.tell(trial, value)
             done += len(trials)
+            failed += sum(objective(job) is None for job in returns)
+            launched += len(trials)
             self.raise_failed(returns)  # any app but looplab's: told to the study, then raised
+            rate = float(self.settings.get("max_failure_rate", 1.0))
+            if failed / launched > rate and done < total:  # the sweep's end says which failed
+                print(
+                    f"study {name}: stopped after {launched} trials: {failed} failed, more than "
+                    f"hydra.sweeper.max_failure_rate={rate:g} of them"
+                )
+                break
         # Finite values only: a study begun before failed jobs were FAIL trials holds +inf.
         finished = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
         if finished:
@@ -152,6 +171,10 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             )
             shown = " ".join(f"{k}={v}" for k, v in best.params.items())
             print(f"study {name}: best trial #{best.number} {shown}: {best.value:.6g}")
+            OmegaConf.save(  # as hydra-optuna-sweeper writes it, for scripts that read it
+                {"name": "optuna", "best_params": best.params, "best_value": best.value},
+                Path(str(self.config.hydra.sweep.dir)) / "optimization_results.yaml",
+            )
         OmegaConf.save(
             {"study": name, "storage": storage, "trials": len(study.trials)},
             Path(str(self.config.hydra.sweep.dir)) / "optuna.yaml",
