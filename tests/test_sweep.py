@@ -203,3 +203,30 @@ def test_a_search_without_optuna_says_which_extra_in_one_line_and_records_nothin
         "recorded"
     ]
     assert not (tmp_path / "outputs").exists(), "a parent run or a sweep folder was left"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None, reason="the search extra is not installed"
+)
+def test_a_search_over_many_choices_never_enumerates_their_combinations(run_cli) -> None:
+    """Fault: a search enumerates every combination of its `choice(...)` keys to learn which
+    keys it sweeps and to check them (eight keys of ten choices: 10**8 jobs; measured before
+    the fix at 3 min 43 s and 23 GB here, seven keys at 10 s and 1.4 GB); a search samples
+    its jobs, so each value is checked once (73 jobs here)."""
+    from looplab.launch.sweep import enumerate_jobs, swept_keys
+
+    values = [
+        "train.lr=choice(0.01,0.02,0.03,0.04,0.05,0.06,0.07,0.08,0.09,0.1)",
+        "train.momentum=choice(0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9)",
+        "train.weight_decay=choice(0,1e-4,2e-4,3e-4,4e-4,5e-4,6e-4,7e-4,8e-4,9e-4)",
+        "seed=choice(1,2,3,4,5,6,7,8,9,10)",
+        "model.width=choice(0,1,2,3,4,5,6,7,8,9)",
+        "train.batch_size=choice(8,16,24,32,40,48,56,64,72,80)",
+        "dataset.test_size=choice(0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.55)",
+        "train.epochs=choice(1,2,3,4,5,6,7,8,9,10)",
+    ]
+    assert len(swept_keys(values)) == 8
+    assert len(enumerate_jobs(values, every_combination=False)[0]) == 1 + 8 * 9
+    done = run_cli("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", *values, timeout=150)
+    assert done.returncode == 0, done.stderr
+    assert "sweep: 1 of 1 jobs finished" in done.stdout

@@ -72,8 +72,10 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_missing_optuna(str(config.hydra.sweeper.get("_target_", "")))
         lines = sweep_overrides(config)
-        jobs, swept = enumerate_jobs(lines)
-        if "grid" in str(config.hydra.sweeper.get("_target_", "")):
+        target = str(config.hydra.sweeper.get("_target_", ""))
+        search = "optuna" in target.lower()  # samples its jobs; a grid runs every combination
+        jobs, swept = enumerate_jobs(lines, every_combination=not search)
+        if "grid" in target:
             refuse_intervals(jobs, swept)
         check_jobs(config.hydra.job.config_name, jobs, searched(config.hydra.searchpath))
         refuse_slurm_elsewhere(str(config.hydra.launcher.get("_target_", "")))

@@ -66,9 +66,19 @@ def sweep_overrides(config: DictConfig) -> list[str]:
     return [line for line in lines if not line.lstrip("+~").startswith("hydra")]
 
 
-def enumerate_jobs(lines: list[str]) -> tuple[list[list[Choice]], list[str]]:
+def swept_keys(lines: list[str]) -> list[str]:
+    """The keys that vary between jobs (intervals included), without enumerating any job."""
+    return [o.get_key_element().lstrip("+~") for o in parse(lines) if o.is_sweep_override()]
+
+
+def enumerate_jobs(
+    lines: list[str], every_combination: bool = True
+) -> tuple[list[list[Choice]], list[str]]:
     """Every combination of the discrete sweeps (the product, as Hydra's basic sweeper runs
-    them), and the keys that vary between jobs (intervals included)."""
+    them), and the keys that vary between jobs (intervals included). A search samples its
+    jobs (`every_combination=False`): each value once, the other keys at their first, so
+    that checking them costs the sum of the choices, not their product (eight keys of ten
+    choices: 73 jobs, not 10**8)."""
     per_key: list[list[Choice]] = []
     swept: list[str] = []
     for override in parse(lines):
@@ -77,6 +87,14 @@ def enumerate_jobs(lines: list[str]) -> tuple[list[list[Choice]], list[str]]:
         choices = _choices(override)
         if choices:
             per_key.append(choices)
+    if not every_combination:
+        first = [choices[0] for choices in per_key]
+        jobs = [first] + [
+            [*first[:i], choice, *first[i + 1 :]]
+            for i, choices in enumerate(per_key)
+            for choice in choices[1:]
+        ]
+        return jobs, swept
     return [list(job) for job in itertools.product(*per_key)], swept
 
 

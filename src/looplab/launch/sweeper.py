@@ -25,7 +25,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from looplab.launch.jobs import JobRecord, job_name, job_record_path, records_jobs
-from looplab.launch.sweep import enumerate_jobs, sweep_overrides
+from looplab.launch.sweep import sweep_overrides, swept_keys
 
 
 class LaunchingSweeper(Sweeper):
@@ -47,7 +47,7 @@ class LaunchingSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
-        self.swept_keys = enumerate_jobs(sweep_overrides(config))[1]
+        self.swept_keys = swept_keys(sweep_overrides(config))
         self.records_jobs = records_jobs(task_function)
 
     def launch(self, batch: Sequence[Sequence[str]], first_num: int) -> list[JobReturn]:
