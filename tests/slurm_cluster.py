@@ -43,6 +43,9 @@ PREFIX = "looplab-slurm-"
 MARK = "LOOPLAB_SLURM_CLUSTER"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 READY_S = 60
+# A job step's credential lifetime, which is also how long a requeued job stays PENDING
+# (Reason=BeginTime) before it may run again: short, so that a requeue test does not wait.
+CRED_EXPIRE_S = 10
 
 
 @dataclass
@@ -182,7 +185,9 @@ def write_conf(folder: Path, node: str) -> Path:
         "SlurmdUser=root",
         "AuthType=auth/munge",
         "CredType=cred/munge",
-        f"AuthInfo=socket={folder / 'munge-run' / 'munge.socket'}",
+        # cred_expire: how long a requeued job waits before it may start again (SLURM's
+        # default 120 s; each `scontrol requeue` test would wait that long).
+        f"AuthInfo=socket={folder / 'munge-run' / 'munge.socket'},cred_expire={CRED_EXPIRE_S}",
         f"StateSaveLocation={state}",
         f"SlurmdSpoolDir={spool}",
         f"SlurmctldPidFile={run / 'slurmctld.pid'}",
@@ -198,6 +203,9 @@ def write_conf(folder: Path, node: str) -> Path:
         "JobCompType=jobcomp/none",
         "MpiDefault=none",
         "SchedulerType=sched/backfill",
+        # A job that becomes eligible by time (a requeued one) is started by the periodic
+        # scheduling loops only (backfill every 30 s, the main one every 60 s by default).
+        "SchedulerParameters=bf_interval=1,sched_interval=2",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
         "ReturnToService=2",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -208,12 +207,19 @@ def test_a_job_whose_process_dies_is_counted_and_its_run_not_left_running(tmp_pa
     }
 
 
+def path_without(program: str) -> str:
+    """This PATH less every folder that holds `program`: a machine where it is not installed."""
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(f for f in folders if not (Path(f) / program).exists())
+
+
 @needs_submitit
-@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="SLURM's sbatch is here")
 def test_slurm_without_sbatch_is_refused_before_anything_is_recorded(run_cli, tmp_path) -> None:
     """Fault: `hydra/launcher=slurm` off the cluster creates the parent run, then fails every
-    job with submitit's error, two lines a job, and leaves a FAILED sweep in the store."""
-    done = run_cli("-m", "hydra/launcher=slurm", "model.width=0,8", "train.epochs=1")
+    job with submitit's error, two lines a job, and leaves a FAILED sweep in the store. Run
+    with a PATH that lacks sbatch's folder, so that it runs where SLURM is installed too."""
+    env = {"PATH": path_without("sbatch")}
+    done = run_cli("-m", "hydra/launcher=slurm", "model.width=0,8", "train.epochs=1", env=env)
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "looplab-train: error: hydra/launcher=slurm: there is no `sbatch` on this machine; "
