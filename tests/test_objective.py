@@ -133,3 +133,47 @@ def test_the_objective_leaves_the_configs_identity_alone(make_config) -> None:
 
     assert identity(make_config()) == identity(make_config("optimized_metric=val_accuracy"))
     assert plain_config  # imported for make_config's composition
+
+
+@pytest.mark.slow
+def test_seeds_are_groups_the_mean_over_seeds_names_the_best_configuration(
+    run_cli, tmp_path: Path
+) -> None:
+    """Faults: a sweep over seeds compared run by run (its best configuration the luckiest
+    seed's); groups that mix configurations, or count unfinished runs; a mean or std that is
+    not the runs'; `looplab runs --over seed` showing one row a run."""
+    import statistics
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    done = run_cli("-m", "seed=1,2,3", "train.lr=0.01,0.5", "train.epochs=4")
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=store_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("looplab.role") == "sweep"]
+    children = [r for r in runs if r is not parent]
+    by_lr: dict[str, list[float]] = {}
+    for child in children:
+        by_lr.setdefault(child.data.params["train.lr"], []).append(child.data.metrics["val_loss"])
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    groups = pd.read_csv(sweep_dir / "groups.csv")
+    assert sorted(groups["train.lr"]) == [0.01, 0.5] and set(groups["runs"]) == {3}
+    for _, row in groups.iterrows():
+        values = by_lr[str(row["train.lr"])]
+        assert row["final_val_loss_mean"] == pytest.approx(statistics.mean(values))
+        assert row["final_val_loss_std"] == pytest.approx(statistics.stdev(values))
+    best_lr = min(by_lr, key=lambda lr: statistics.mean(by_lr[lr]))
+    assert parent.data.tags["looplab.best_group"] == f"train.lr={best_lr}"
+    assert "groups.csv" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert f"best over seeds: train.lr={best_lr} (val_loss mean" in done.stdout
+
+    looplab = str(Path(sys.executable).parent / "looplab")
+    table = subprocess.run(
+        [looplab, "runs", "--last", "--over", "seed"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.strip().splitlines()) == 3  # the header and one row a group

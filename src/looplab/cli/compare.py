@@ -28,6 +28,14 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     _which_sweep(runs)
     runs.add_argument("--csv", metavar="FILE", type=Path, help="also write the table as CSV")
     runs.add_argument(
+        "--over",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="one row per group of FINISHED runs that differ only in KEY (e.g. seed; "
+        "repeatable): the count, and each final and best metric's mean and std",
+    )
+    runs.add_argument(
         "--lost-after",
         type=float,
         default=LOST_AFTER_SECONDS,
@@ -96,6 +104,8 @@ def runs_command(args: argparse.Namespace) -> int:
         if not reaped:
             print("reaped: no lost runs")
     table = tables.runs_table(select_runs(args), args.tracking_uri, lost_after_s=args.lost_after)
+    if args.over:
+        table = tables.grouped_table(table, args.over)
     print(tables.format_table(table))
     if args.csv:
         tables.write_table_csv(table, args.csv)

@@ -158,6 +158,7 @@ class SweepCallback(Callback):
         skipped = [r for r in records if r.status == "SKIPPED"]
         files: list[tuple[Path, str | None]] = []
         table_text = None
+        group: tuple[str, dict[str, str]] | None = None
         for warning in settle_idle():  # this process's jobs: their runs' ends are read here
             print(f"warning: {warning}", file=sys.stderr)
         runs = []
@@ -178,6 +179,11 @@ class SweepCallback(Callback):
             table_text = tables.format_table(table)
             tables.write_table_csv(table, sweep_dir / "runs.csv")
             files = [(sweep_dir / "runs.csv", None)]
+            if "seed" in table.columns:  # seeds as groups: the mean over seeds decides
+                groups = tables.grouped_table(table, ["seed"])
+                tables.write_table_csv(groups, sweep_dir / "groups.csv")
+                files.append((sweep_dir / "groups.csv", None))
+                group = tables.best_group(groups, metric, direction)
             try:
                 tables.plot_curves(runs, "train_loss", sweep_dir / "curves.png", uri)
                 files.append((sweep_dir / "curves.png", None))
@@ -196,6 +202,8 @@ class SweepCallback(Callback):
             "looplab.jobs_skipped": str(len(skipped)),
             "looplab.jobs_resumed": str(sum(r.resumed_at is not None for r in records)),
         }
+        if group is not None:
+            tags |= group[1]
         if best is not None:
             tags[tag.BEST_RUN_ID] = best.run_id or run_ids.get(str(best.num), "")
             tags[tag.BEST_JOB] = str(best.num)
@@ -213,7 +221,8 @@ class SweepCallback(Callback):
         if best is not None and best_id and best_model and not stopped_by:
             best_run = next((r for r in runs if r.info.run_id == best_id), None)
             best_line = log_best_model(uri, best, best_id, best_run, parent_id, metric)
-        _print_summary(records, table_text, parent_id, hint, stopped_by, best_line)
+        lines = "\n".join(line for line in (group and group[0], best_line) if line) or None
+        _print_summary(records, table_text, parent_id, hint, stopped_by, lines)
         if parent.note:
             print(parent.note)
 

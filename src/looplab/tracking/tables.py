@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.core.errors import TrackingError
-from looplab.core.objective import BEST, BEST_EPOCH
+from looplab.core.objective import BEST, BEST_EPOCH, base_metric
 from looplab.tracking.reader import LOST_AFTER_SECONDS, history, is_lost
 from looplab.tracking.store import JOB_TAG as JOB
 from looplab.tracking.store import SWEEP_ID_TAG as SWEEP_ID
@@ -167,6 +167,52 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+# The runs table's columns that are not params: what a group is not told apart by.
+NOT_PARAMS = ("job", "sweep", "run", "status", "duration_s", "run_id")
+
+
+def grouped_table(table: pd.DataFrame, over: list[str]) -> pd.DataFrame:
+    """The FINISHED runs of a runs table that differ only in `over` (`seed`) as one row a
+    group: the params that tell groups apart, the number of runs, and each final and best
+    metric's mean and standard deviation (n - 1; empty for one run). MLflow cannot aggregate
+    runs (mlflow#3762); a result from one seed is not a result."""
+    import pandas as pd
+
+    metrics = [c for c in table.columns if c.startswith(("final_", "best_"))]
+    params = [c for c in table.columns if c not in (*NOT_PARAMS, *metrics, *over)]
+    finished = table[table["status"] == "FINISHED"] if "status" in table else table
+    rows = []
+    groups = finished.groupby(params, dropna=False, sort=True) if params else [((), finished)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(params, key, strict=True)) | {"runs": len(group)}
+        for metric in metrics:
+            row[f"{metric}_mean"] = group[metric].mean()
+            row[f"{metric}_std"] = group[metric].std(ddof=1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_group(
+    groups: pd.DataFrame, metric: str, direction: str
+) -> tuple[str, dict[str, str]] | None:
+    """The group whose mean `metric` (`val_loss`, `val_accuracy_best`) is best: a line that
+    names it, with the mean, std and count, and its tags for the sweep's parent."""
+    column = f"best_{base_metric(metric)}_mean" if metric.endswith(BEST) else f"final_{metric}_mean"
+    if groups.empty or column not in groups or groups[column].isna().all():
+        return None
+    ranked = groups[column] if direction == "minimize" else -groups[column]
+    row = groups.loc[ranked.idxmin()]
+    params = [c for c in groups.columns if c != "runs" and not c.endswith(("_mean", "_std"))]
+    shown = " ".join(f"{k}={row[k]}" for k in params) or "(one group)"
+    spread = row[column.removesuffix("_mean") + "_std"]
+    line = (
+        f"best over seeds: {shown} ({metric} mean {row[column]:.4g}, std {spread:.2g}, "
+        f"{int(row['runs'])} runs)"
+    )
+    return line, {"looplab.best_group": shown, "looplab.best_group_mean": repr(row[column])}
 
 
 def write_table_csv(table: pd.DataFrame, path: str | Path) -> Path:
