@@ -177,3 +177,30 @@ def test_seeds_are_groups_the_mean_over_seeds_names_the_best_configuration(
     )  # fmt: skip
     assert table.returncode == 0, table.stderr
     assert len(table.stdout.strip().splitlines()) == 3  # the header and one row a group
+
+    # the plot: one mean curve a group, the mean of its runs' curves
+    from looplab.tracking import tables
+
+    figure = tables.plot_curves(
+        children, "val_loss", tmp_path / "g.png", store_uri(tmp_path), ["seed"]
+    )
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert sorted(lines) == ["train.lr=0.01 (n=3)", "train.lr=0.5 (n=3)"]
+    for lr in ("0.01", "0.5"):
+        curves = [
+            [
+                m.value
+                for m in sorted(
+                    client.get_metric_history(c.info.run_id, "val_loss"), key=lambda m: m.step
+                )
+            ]
+            for c in children
+            if c.data.params["train.lr"] == lr
+        ]
+        means = [statistics.mean(epoch) for epoch in zip(*curves, strict=True)]
+        assert list(lines[f"train.lr={lr} (n=3)"].get_ydata()) == pytest.approx(means)
+    plotted = subprocess.run(
+        [looplab, "plot", "--last", "--over", "seed", "--out", "g.png"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plotted.returncode == 0 and "for 2 groups of 6 runs" in plotted.stdout, plotted.stderr

@@ -61,6 +61,14 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     which = _which_sweep(plot)
     which.add_argument("--runs", nargs="+", metavar="ID", help="these run ids")
     plot.add_argument("--out", required=True, type=Path, metavar="FILE.png")
+    plot.add_argument(
+        "--over",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="one mean curve (+-1 std band) per group of FINISHED runs that differ only in "
+        "KEY (e.g. seed; repeatable)",
+    )
     plot.set_defaults(run=plot_command)
 
 
@@ -116,7 +124,8 @@ def plot_command(args: argparse.Namespace) -> int:
     from looplab.tracking import tables
 
     runs = select_runs(args)
-    figure = tables.plot_curves(runs, args.metric, args.out, args.tracking_uri)
+    figure = tables.plot_curves(runs, args.metric, args.out, args.tracking_uri, args.over)
     drawn = len(figure.axes[0].get_lines())
-    print(f"{args.out}: {args.metric} by epoch for {drawn} of {len(runs)} runs")
+    what = f"{drawn} groups of" if args.over else f"{drawn} of"
+    print(f"{args.out}: {args.metric} by epoch for {what} {len(runs)} runs")
     return 0

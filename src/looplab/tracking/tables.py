@@ -237,8 +237,12 @@ def label(run: Run, keys: list[str]) -> str:
     return " ".join(f"{key}={params[key]}" for key in keys if key in params)
 
 
-def plot_curves(runs: list[Run], metric: str, out_path: str | Path, uri: str) -> Figure:
-    """Per-epoch curves of `metric`, one line per run that logged it, saved as a PNG.
+def plot_curves(
+    runs: list[Run], metric: str, out_path: str | Path, uri: str, over: list[str] = ()
+) -> Figure:
+    """Per-epoch curves of `metric`, one line per run that logged it, saved as a PNG; with
+    `over` (`seed`), one line per group of FINISHED runs that differ only in those keys: the
+    mean over the group at each epoch they all reached, in a band of +-1 std.
 
     Returns the figure (already saved) so that callers and tests can inspect its lines.
     Built on matplotlib's Agg canvas without pyplot: no display, no global figure state.
@@ -252,7 +256,9 @@ def plot_curves(runs: list[Run], metric: str, out_path: str | Path, uri: str) ->
     figure = Figure(figsize=(9, 5.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for run in runs:
+    if over:
+        _plot_groups(axes, runs, metric, uri, [k for k in keys if k not in over])
+    for run in [] if over else runs:
         points = history(run, metric, uri)
         if points:
             steps, values = zip(*points, strict=True)
@@ -264,7 +270,8 @@ def plot_curves(runs: list[Run], metric: str, out_path: str | Path, uri: str) ->
         raise TrackingError(f"none of the {len(runs)} runs logged {metric!r}")
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
-    axes.set_title(f"{metric} by epoch ({len(axes.get_lines())} runs)")
+    what = "groups" if over else "runs"
+    axes.set_title(f"{metric} by epoch ({len(axes.get_lines())} {what})")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", ncol=1 + len(axes.get_lines()) // 16)
     figure.tight_layout()
@@ -272,3 +279,21 @@ def plot_curves(runs: list[Run], metric: str, out_path: str | Path, uri: str) ->
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_path, format="png")
     return figure
+
+
+def _plot_groups(axes: Any, runs: list[Run], metric: str, uri: str, keys: list[str]) -> None:
+    """One mean curve with a +-1 std band per group of FINISHED runs alike in `keys`."""
+    import numpy as np
+
+    groups: dict[str, list[dict[int, float]]] = {}
+    for run in runs:
+        points = history(run, metric, uri) if run.info.status == "FINISHED" else []
+        if points:
+            groups.setdefault(label(run, keys), []).append(dict(points))
+    for name, curves in groups.items():
+        steps = sorted(set.intersection(*(set(curve) for curve in curves)))
+        values = np.array([[curve[step] for step in steps] for curve in curves])
+        mean, std = values.mean(axis=0), values.std(axis=0, ddof=1 if len(curves) > 1 else 0)
+        style = LINE_STYLES[len(axes.get_lines()) % len(LINE_STYLES)]
+        (line,) = axes.plot(steps, mean, style, label=f"{name} (n={len(curves)})", linewidth=1.8)
+        axes.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
