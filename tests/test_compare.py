@@ -255,7 +255,9 @@ def test_plot_has_one_line_per_run_labelled_by_what_varies(
     jobs, store: SweepStore, tmp_path: Path
 ) -> None:
     """plot_curves draws fewer/more lines than runs, plots the wrong metric or steps, labels
-    lines with something other than the varying params, or writes no valid PNG."""
+    lines with parameter paths where the run names say the same shorter (`width=8 manual`,
+    not `model.activation=relu model.width=8 update=manual`), or writes no valid PNG."""
+
     from PIL import Image
 
     out = tmp_path / "plots" / "val_loss.png"
@@ -269,8 +271,7 @@ def test_plot_has_one_line_per_run_labelled_by_what_varies(
         width, update, _, val, _ = JOBS[job]
         assert list(line.get_xdata()) == [1, 2, 3, 4]
         assert list(line.get_ydata()) == pytest.approx(val)
-        activation = "model.activation=relu " if width else ""  # none without a hidden layer
-        assert line.get_label() == f"{activation}model.width={width} update={update}"
+        assert line.get_label() == f"breast_cancer width={width} {update}"  # the run's name
     assert axes.get_xlabel() == "epoch" and axes.get_ylabel() == "val_loss"
     assert "val_loss" in axes.get_title()
     assert [t.get_text() for t in axes.get_legend().get_texts()] == [
@@ -392,3 +393,22 @@ def test_sweep_children_waits_for_runs_a_writer_still_creates_and_ends(tmp_path:
     assert waited < 30, f"waited {waited:.0f} s: for the lost job's run too, until the timeout"
     status = {run.data.tags["looplab.job"]: run.info.status for run in runs}
     assert status == {"0": "FINISHED", "1": "FINISHED", "2": "RUNNING"}
+
+
+def test_a_table_shows_what_varies_rounded_and_never_how_runs_were_kept() -> None:
+    """Faults (#20): sampled values printed with 19 digits; `tracking.*` or `checkpoint.*`
+    keys shown as if they explained a difference (a table over 200 columns wide)."""
+    import pandas as pd
+    from mlflow.entities import Param, Run, RunData, RunInfo
+
+    def run(params: dict[str, str]) -> Run:
+        info = RunInfo("r", "e", "u", "FINISHED", 0, 1, "active", run_name="n")
+        return Run(info, RunData(params=[Param(k, v) for k, v in params.items()]))
+
+    runs = [
+        run({"train.lr": "0.013292918943162165", "tracking.offline": "True", "model.width": "8"}),
+        run({"train.lr": "0.5", "tracking.offline": "False", "checkpoint.every_s": "5"}),
+    ]
+    assert tables.varying_params(runs) == ["model.width", "train.lr"]
+    text = tables.format_table(pd.DataFrame({"train.lr": ["0.013292918943162165", "1.2.3"]}))
+    assert "0.01329" in text and "0.0132929" not in text and "1.2.3" in text

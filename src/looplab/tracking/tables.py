@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from looplab.core.errors import TrackingError
 from looplab.core.objective import BEST, BEST_EPOCH, base_metric
+from looplab.run.naming import UNNAMED_PREFIXES
 from looplab.tracking.reader import LOST_AFTER_SECONDS, history, is_lost
 from looplab.tracking.store import JOB_TAG as JOB
 from looplab.tracking.store import SWEEP_ID_TAG as SWEEP_ID
@@ -31,7 +32,9 @@ def varying_params(runs: list[Run]) -> list[str]:
 
     A group's choice is logged twice (`update` and `update.name`); it is shown once.
     """
-    keys = sorted({key for run in runs for key in run.data.params})
+    keys = sorted(
+        {key for run in runs for key in run.data.params if not key.startswith(UNNAMED_PREFIXES)}
+    )  # how a run was kept (tracking.*, checkpoint.*) never says why its numbers differ
     columns = {key: [run.data.params.get(key) for run in runs] for key in keys}
     varying = [key for key in keys if len(set(columns[key])) > 1]
     return [
@@ -166,7 +169,13 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    text = str(value)
+    if len(text) > 7 and any(c in text for c in ".e"):  # a sampled float, logged as a param
+        try:
+            return f"{float(text):.4g}"
+        except ValueError:
+            pass
+    return text
 
 
 # The runs table's columns that are not params: what a group is not told apart by.
@@ -226,13 +235,18 @@ def write_table_csv(table: pd.DataFrame, path: str | Path) -> Path:
 # -- the plot ----------------------------------------------------------------------------------
 
 
-def label(run: Run, keys: list[str]) -> str:
-    """A legend entry: the run's values of the varying params, or its name when none vary.
+def label(run: Run, keys: list[str], names: list[str]) -> str:
+    """A legend entry: the run's name (a sweep's child is named by what varies), unless
+    another run of the plot (`names`) has the same name; then its values of what varies."""
+    name = run.info.run_name
+    if (name and names.count(name) <= 1) or not keys:
+        return name or run.info.run_id
+    return values_label(run, keys)
 
-    A key the run lacks (`model.activation` of a one-neuron model) is left out of its label.
-    """
-    if not keys:
-        return run.info.run_name or run.info.run_id
+
+def values_label(run: Run, keys: list[str]) -> str:
+    """The run's values of `keys`; a key it lacks (`model.activation` of a one-neuron model)
+    is left out."""
     params = run.data.params
     return " ".join(f"{key}={params[key]}" for key in keys if key in params)
 
@@ -258,6 +272,7 @@ def plot_curves(
     axes = figure.add_subplot()
     if over:
         _plot_groups(axes, runs, metric, uri, [k for k in keys if k not in over])
+    names = [run.info.run_name for run in runs]
     for run in [] if over else runs:
         points = history(run, metric, uri)
         if points:
@@ -265,7 +280,7 @@ def plot_curves(
             # Styles vary as well as colours: runs that agree (manual and sgd updates do)
             # draw the same curve, and a dashed line over a solid one shows both.
             style = LINE_STYLES[len(axes.get_lines()) % len(LINE_STYLES)]
-            axes.plot(steps, values, style, label=label(run, keys), linewidth=1.8)
+            axes.plot(steps, values, style, label=label(run, keys, names), linewidth=1.8)
     if not axes.get_lines():
         raise TrackingError(f"none of the {len(runs)} runs logged {metric!r}")
     axes.set_xlabel("epoch")
@@ -289,7 +304,7 @@ def _plot_groups(axes: Any, runs: list[Run], metric: str, uri: str, keys: list[s
     for run in runs:
         points = history(run, metric, uri) if run.info.status == "FINISHED" else []
         if points:
-            groups.setdefault(label(run, keys), []).append(dict(points))
+            groups.setdefault(values_label(run, keys), []).append(dict(points))
     for name, curves in groups.items():
         steps = sorted(set.intersection(*(set(curve) for curve in curves)))
         values = np.array([[curve[step] for step in steps] for curve in curves])
