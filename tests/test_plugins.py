@@ -19,8 +19,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -334,3 +336,48 @@ def test_the_optuna_sweeper_refuses_unknown_keys_and_stops_at_its_failure_rate(
         (tmp_path / "results" / "sweep" / "optimization_results.yaml").read_text()
     )
     assert results == {"name": "optuna", "best_params": {"+value": 1.0}, "best_value": 1.0}
+
+
+@pytest.mark.slow
+@NEEDS_OPTUNA
+def test_a_killed_search_launched_again_reruns_its_killed_trial_and_nothing_else(
+    tmp_path,
+) -> None:
+    """Faults (#20): the relaunch asks the first launch's parameters again (its seeded
+    sampler restarts), the killed trial is never run again and counts toward `n_trials`, so
+    the study ends one complete trial short."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = [
+        sys.executable,
+        str(APPS / "slow_objective.py"),
+        "-m",
+        "hydra/sweeper=looplab_optuna",
+        "hydra.sweeper.n_trials=5",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=s",
+        "+value=interval(0,1)",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    (tmp_path / "slow").touch()
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and first.poll() is None, "trial 2 never started"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    killed = optuna.load_study(study_name="s", storage=storage).trials[2]
+    assert killed.state.name == "RUNNING"
+
+    (tmp_path / "slow").unlink()
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 5, [(t.number, t.state.name) for t in trials]
+    assert trials[2].state.name == "FAIL"
+    assert killed.params in [t.params for t in complete[2:]], "the killed trial never ran again"
+    values = [t.params["+value"] for t in complete]
+    assert len(set(values)) == len(values), "a relaunch asked the first launch's values again"

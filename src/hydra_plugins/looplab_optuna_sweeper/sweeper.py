@@ -2,7 +2,9 @@
 
 The study lives in Optuna's own SQLite storage beside the tracking store, named after the
 search (its space and fixed overrides), so launching the same search again picks up where a
-killed one stopped: trials it left RUNNING are marked FAIL, and only the missing ones run.
+killed one stopped: trials it left RUNNING are marked FAIL and asked again first, with the
+same parameters, without counting toward `n_trials`; the sampler is seeded past the trials
+the study has, so the relaunch does not ask the first launch's parameters again.
 A job that failed is told to the study as a FAIL trial, under either direction: one that
 raised, and one that returned no finite number (looplab's task function returns +inf for a
 job that did not finish, which under `direction: maximize` would rank first). As under
@@ -30,6 +32,8 @@ from looplab.launch.sweep import SweepRefused
 from looplab.launch.sweeper import LaunchingSweeper
 
 log = logging.getLogger(__name__)
+# The study's record of the trials killed launches left running (asked again, not counted).
+INTERRUPTED = "looplab.interrupted_trials"
 
 
 def distribution(override: Override) -> Any:
@@ -112,6 +116,22 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             return str(self.settings.get("direction") or "minimize")
         return direction_for(str(metric), self.settings.get("direction"))
 
+    @staticmethod
+    def _resume(study: Any) -> int:
+        """The trials a killed launch left running: failed, and asked again first (with the
+        same parameters); they do not count toward `n_trials`. The trials that count."""
+        from optuna.trial import TrialState
+
+        running = study.get_trials(deepcopy=False, states=[TrialState.RUNNING])
+        for trial in running:
+            study.tell(trial.number, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params)
+        lost = set(study.user_attrs.get(INTERRUPTED, [])) | {t.number for t in running}
+        if running:
+            study.set_user_attr(INTERRUPTED, sorted(lost))
+        trials = study.get_trials(deepcopy=False)
+        return sum(t.state.is_finished() and t.number not in lost for t in trials)
+
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
@@ -124,16 +144,18 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             "search-" + hashlib.sha1(described.encode()).hexdigest()[:10]
         )
         storage = self._storage(name)
+        seed = self.settings.get("seed")
         study = optuna.create_study(
             study_name=name,
             storage=storage,
             load_if_exists=True,
             direction=self._direction(),
-            sampler=optuna.samplers.TPESampler(seed=self.settings.get("seed")),
+            sampler=optuna.samplers.TPESampler(seed=seed),
         )
-        for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # a killed launch's
-        done = len(study.get_trials(deepcopy=False))
+        if study.trials and seed is not None:  # a relaunch: not the first launch's draws again
+            sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        done = self._resume(study)
         total = int(self.settings.get("n_trials", 20))
         batch_size = max(1, int(self.settings.get("n_jobs", 1)))
         if done >= total:
