@@ -147,7 +147,7 @@ def test_an_optuna_search_takes_a_diverging_trial_and_resumes(run_cli, tmp_path)
     """Faults: a diverged trial told to the study as NaN (Optuna's study breaks), as a
     good-looking value, or as +inf (which `direction: maximize` would rank first) rather than
     as a failed trial; a relaunched search starts over instead of running only the missing
-    trials."""
+    trials, or shows up in MLflow as a second parent for the same study."""
     search = [
         "-m",
         "hparams_search=optuna",
@@ -179,6 +179,15 @@ def test_an_optuna_search_takes_a_diverging_trial_and_resumes(run_cli, tmp_path)
     study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 7
     assert len(list(tmp_path.glob("outputs/sweeps/*/*/1/metrics.csv"))) == 1  # job 1: once
+    # ...and keeps one parent run for the study (#20): its children are the study's trials.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("looplab.role") == "sweep"]
+    assert [p.data.tags["looplab.study"] for p in parents] == [name], "a second parent"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 7
 
 
 def test_a_search_without_optuna_says_which_extra_in_one_line_and_records_nothing(

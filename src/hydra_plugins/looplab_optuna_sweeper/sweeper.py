@@ -14,7 +14,6 @@ Hydra's basic sweeper, a failed job of any app but looplab's then stops the sear
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import fields
@@ -28,7 +27,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.looplab_optuna_sweeper.config import LooplabOptunaSweeperConf
 from looplab.core.objective import direction_for
-from looplab.launch.sweep import SweepRefused
+from looplab.launch.sweep import SweepRefused, search_identity
 from looplab.launch.sweeper import LaunchingSweeper
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,14 @@ def distribution(override: Override) -> Any:
             return dist.IntDistribution(sweep.start, sweep.end, log=log_scale)
         return dist.FloatDistribution(sweep.start, sweep.end, log=log_scale)
     raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+def study_name(settings: dict[str, Any], arguments: list[str]) -> str:
+    """`study_name`, else the search's identity (launch.sweep.search_identity): what the
+    sweep's parent run is tagged with too (cli/sweep.py), one parent for the study."""
+    declared = settings.get("params") or {}
+    lines = [f"{key}={value}" for key, value in declared.items()] + list(arguments)
+    return str(settings.get("study_name") or search_identity(lines))
 
 
 def objective(job: JobReturn) -> float | None:
@@ -139,10 +146,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         space, fixed = self._space(arguments)
         if not space:
             raise ValueError("hydra/sweeper=looplab_optuna needs a search space in its params")
-        described = repr(sorted((k, repr(v)) for k, v in space.items())) + repr(sorted(fixed))
-        name = self.settings.get("study_name") or (
-            "search-" + hashlib.sha1(described.encode()).hexdigest()[:10]
-        )
+        name = study_name(self.settings, arguments)
         storage = self._storage(name)
         seed = self.settings.get("seed")
         study = optuna.create_study(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from looplab.launch.sweep import (
     refuse_intervals,
     refuse_missing_optuna,
     refuse_slurm_elsewhere,
+    search_identity,
     sweep_overrides,
 )
 from looplab.run import tags as tag
@@ -97,10 +99,19 @@ class SweepCallback(Callback):
             "mlflow.source.name": "looplab-train -m",
         }
         params = {"sweep.overrides": " ".join(lines), "sweep.dir": str(sweep_dir)}
+        study = None
+        if search:  # one parent for the study: a relaunch goes on in the earlier one's
+            study = str(config.hydra.sweeper.get("study_name") or search_identity(lines))
+            tags[tag.STUDY] = study
         parent = start_tracker(settings)
         assert parent is not None  # tracking is on
         try:
-            self.parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
+            run_id, record_id = parent.find_study(study) if study else (None, None)
+            if run_id is not None:
+                earlier = {"run_id": run_id, "record_id": record_id or uuid.uuid4().hex}
+                self.parent_id = parent.resume_run(earlier, name, params, tags, [], [], sweep_dir)
+            else:
+                self.parent_id = parent.start_run(name, params, tags, [], record_dir=sweep_dir)
         except LooplabError as error:
             parent.stop()
             SweepCallback._running = None

@@ -6,6 +6,7 @@ Hydra's callback runner turns an `Exception` into a warning, so a refused sweep 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import shutil
 from dataclasses import dataclass
@@ -64,6 +65,15 @@ def sweep_overrides(config: DictConfig) -> list[str]:
     keys = {line.split("=", 1)[0].lstrip("+~") for line in typed}
     lines = [f"{k}={v}" for k, v in declared.items() if str(k) not in keys] + typed
     return [line for line in lines if not line.lstrip("+~").startswith("hydra")]
+
+
+def search_identity(lines: list[str]) -> str:
+    """A search's identity: its space and fixed overrides as the last line of each key (the
+    command line replaces a declared key), whatever their order; Hydra's settings left out.
+    The study's name, and its parent run's tag."""
+    last = {o.get_key_element(): o.input_line for o in parse(lines)}
+    kept = sorted(line for key, line in last.items() if not key.lstrip("+~").startswith("hydra"))
+    return "search-" + hashlib.sha1(repr(kept).encode()).hexdigest()[:10]
 
 
 def swept_keys(lines: list[str]) -> list[str]:

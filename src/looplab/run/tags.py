@@ -4,6 +4,7 @@ ROLE = "looplab.role"  # "sweep" for a sweep's parent, "job" for its children
 SWEEP_ID = "looplab.sweep_id"  # a hash of the sweep folder, on the parent and every job
 SWEEP_DIR = "looplab.sweep_dir"
 RUN_DIR = "looplab.run_dir"  # the run's folder on the machine that trained it
+STUDY = "looplab.study"  # a search's parent: its Optuna study, one parent for the study
 SWEPT_KEYS = "looplab.swept_keys"  # on the parent: the keys that vary, comma-separated
 JOB = "looplab.job"  # a job's number in its sweep
 PARENT = "mlflow.parentRunId"

@@ -74,6 +74,10 @@ class OfflineTracker(RunFolder):
         """Offline there is no store to find a finished run in: every job trains."""
         return None, math.nan
 
+    def find_study(self, study: str) -> tuple[None, None]:
+        """Offline each launch of a search is a parent of its own."""
+        return None, None
+
     def find_interrupted(self, config_digest: str, data_digest: str) -> tuple[None, None]:
         """Offline there is no store to find a stopped run in."""
         return None, None

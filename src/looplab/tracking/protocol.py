@@ -73,6 +73,13 @@ class FindSweep:
 
 
 @dataclass(frozen=True)
+class FindStudy:
+    """The parent run of a search's study (tag looplab.study); answered `StudyFound`."""
+
+    study: str
+
+
+@dataclass(frozen=True)
 class FindFinished:
     """A FINISHED run of the same config on the same data; answered `FinishedFound`."""
 
@@ -125,6 +132,12 @@ class StartFailed:
 class SweepFound:
     parent_id: str | None
     swept_keys: list[str]
+
+
+@dataclass(frozen=True)
+class StudyFound:
+    run_id: str | None
+    record_id: str | None
 
 
 @dataclass(frozen=True)

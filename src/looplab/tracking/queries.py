@@ -10,9 +10,11 @@ from typing import Any
 from looplab.tracking.protocol import (
     FindFinished,
     FindInterrupted,
+    FindStudy,
     FindSweep,
     FinishedFound,
     InterruptedFound,
+    StudyFound,
     SweepFound,
 )
 
@@ -38,6 +40,14 @@ class StoreQueries:
         self._send(FindSweep(sweep_id))
         found = self._receive_until(SweepFound, ANSWER_SECONDS, "finding the sweep")
         return found.parent_id, found.swept_keys
+
+    def find_study(self, study: str) -> tuple[str | None, str | None]:
+        """The parent run of a search's study (run id, record id): a relaunched search goes on
+        in it; (None, None) when the store has none."""
+        self._ensure_open()
+        self._send(FindStudy(study))
+        found = self._receive_until(StudyFound, ANSWER_SECONDS, "finding the study's parent")
+        return found.run_id, found.record_id
 
     def find_finished(self, config_digest: str, data_digest: str) -> tuple[str | None, float]:
         """A FINISHED run of this experiment with the same config identity and data digest,

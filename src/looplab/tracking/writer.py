@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from looplab.core.signals import detach_hung_up_terminal, ignore_stops
+from looplab.run.tags import STUDY as STUDY_TAG
 from looplab.tracking import protocol
 from looplab.tracking.delivery import (
     CreateRun,
@@ -41,6 +42,7 @@ from looplab.tracking.protocol import (
     Error,
     FindFinished,
     FindInterrupted,
+    FindStudy,
     FindSweep,
     FinishedFound,
     InterruptedFound,
@@ -49,6 +51,7 @@ from looplab.tracking.protocol import (
     Opened,
     Resume,
     Start,
+    StudyFound,
     SweepFound,
 )
 from looplab.tracking.record import RECORD_ID_TAG
@@ -83,6 +86,7 @@ class Writer:
             Resume: self.resume,
             Metrics: self.metrics,
             FindSweep: self.find_sweep,
+            FindStudy: self.find_study,
             FindFinished: self.find_finished,
             FindInterrupted: self.find_interrupted,
             End: self.end,
@@ -175,6 +179,20 @@ class Writer:
         self._reply_with_run(
             f"tags.`{SWEEP_ID_TAG}` = '{message.sweep_id}' and tags.`{ROLE_TAG}` = 'sweep'",
             answer,
+        )
+
+    def find_study(self, message: FindStudy) -> None:
+        """Reply with the newest parent run of this search's study."""
+
+        def answer(run: Any) -> StudyFound:
+            if run is None:
+                return StudyFound(None, None)
+            return StudyFound(run.info.run_id, run.data.tags.get(RECORD_ID_TAG))
+
+        self._reply_with_run(
+            f"tags.`{STUDY_TAG}` = '{message.study}' and tags.`{ROLE_TAG}` = 'sweep'",
+            answer,
+            order_by=["attributes.start_time DESC"],
         )
 
     def find_finished(self, message: FindFinished) -> None:
