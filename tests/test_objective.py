@@ -127,11 +127,17 @@ def test_a_sweep_names_its_best_child_by_the_objective_and_every_run_logs_its_be
 
 
 def test_the_objective_leaves_the_configs_identity_alone(make_config) -> None:
-    """Fault: choosing another objective makes `tracking.skip_finished` train every job again
-    (the config identity changed, though nothing trains differently)."""
+    """Faults: choosing another objective makes `tracking.skip_finished` train every job
+    again (the config identity changed, though nothing trains differently); with early stop,
+    where the objective decides when training ends, two objectives taken for one run."""
     from looplab.run.naming import identity
 
     assert identity(make_config()) == identity(make_config("optimized_metric=val_accuracy"))
+    # ...unless it decides when training stops: then two metrics are two runs
+    early = "train.early_stop.patience=3"
+    assert identity(make_config(early)) != identity(
+        make_config(early, "optimized_metric=val_accuracy")
+    )
     assert plain_config  # imported for make_config's composition
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -266,7 +267,21 @@ def train_in_child(cfg: DictConfig, overrides: list[str], env: dict[str, str]) -
         ]
         sys.stdout.flush()
         child_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **env}
-        return subprocess.run(command, env=child_env, check=False).returncode
+        child = subprocess.Popen(command, env=child_env)
+        # The child takes Ctrl-C from the terminal itself and closes its run (a checkpoint,
+        # the run's end): this process waits for it rather than kill it; SIGTERM and SIGHUP
+        # sent to this process alone are passed on.
+        handlers = {
+            signal.SIGINT: signal.SIG_IGN,
+            signal.SIGTERM: lambda signum, _frame: child.send_signal(signum),
+            signal.SIGHUP: lambda signum, _frame: child.send_signal(signum),
+        }
+        previous = {signum: signal.signal(signum, h) for signum, h in handlers.items()}
+        try:
+            return child.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 # --- diff --------------------------------------------------------------------------------------

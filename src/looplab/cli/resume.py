@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,17 @@ def _from_folder(folder: Path, trust: list[str]) -> tuple[DictConfig, Path, list
             f"{shown(folder)} has no {CHECKPOINT_FILE}: the run stopped before its first "
             "checkpoint (checkpoint.every_s, checkpoint.every_epochs), or it is not a run's "
             "folder; train it again with looplab-train"
+        )
+    from looplab.core.checkpoint import load
+    from looplab.run.checkpoints import trainer_gone
+
+    saved = load(checkpoint)
+    alive = saved.run.get("host") == socket.gethostname() and not trainer_gone(saved)
+    recorded = (folder / RECORD_FILE).is_file() and RunRecord.load(folder).status
+    if recorded == "RUNNING" and alive:
+        raise TrackingError(
+            f"the run in {shown(folder)} is still training (process {saved.run.get('pid')}): "
+            "stop it (Ctrl-C or SIGTERM leave a checkpoint), then resume it"
         )
     config = folder / "config.yaml"
     if not config.is_file():

@@ -42,7 +42,7 @@ from looplab.core.errors import (
 from looplab.core.objective import direction_for, value_of, worst
 from looplab.core.paths import config_dir
 from looplab.core.schema import plain_config
-from looplab.core.signals import ALL_STOPS, stops_raise, while_closing
+from looplab.core.signals import ALL_STOPS, WARNINGS, stops_raise, while_closing
 from looplab.core.validate import validate
 from looplab.launch.jobs import SweepJob, records_its_jobs
 from looplab.launch.parts import parts_of
@@ -392,7 +392,7 @@ def main() -> None:
         raise
 
 
-STOP_NUMBERS = {int(signum) for signum in ALL_STOPS}
+STOP_NUMBERS = {int(signum) for signum in (*ALL_STOPS, *WARNINGS)}
 
 
 def _stop_sweep(by: str) -> None:

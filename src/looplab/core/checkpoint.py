@@ -79,6 +79,7 @@ class Taker:
     run: dict[str, Any] = field(default_factory=dict)
     # epoch callbacks with a state of their own (state_dict / load_state_dict): early stop
     callbacks: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # the kind of device the run trains on
 
     def state(self) -> dict[str, Any]:
         """Everything, as tensors and plain values, at the point the loop stands."""
@@ -101,6 +102,7 @@ class Taker:
             "update": _to_cpu(self.update.state_dict()),
             "rng": rng_state(),
             "history": [(r.epoch, r.timestamp_ms, dict(r.metrics)) for r in self.history],
+            "device": self.device,  # a generator's state fits only its own kind of device
             "config_digest": self.config_digest,
             "data_digest": self.data_digest,
             "run": dict(self.run),
@@ -112,11 +114,14 @@ class Taker:
         """Write the checkpoint into `folder`, whole: a temporary file, synced, renamed."""
         path = folder / CHECKPOINT_FILE
         partial = path.with_suffix(".pt.partial")
-        with partial.open("wb") as handle:
-            torch.save(self.state(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        try:
+            with partial.open("wb") as handle:
+                torch.save(self.state(), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing
         return path
 
 

@@ -104,6 +104,8 @@ class StopsBetweenSteps:
     def pass_on(self) -> None:
         """Hand the warning that stopped the run to the handler that was there before it
         (submitit's: requeue the job, then exit), once the run is closed."""
+        if not self.between_steps:  # held but never taken: the run ended otherwise
+            return
         previous = self.previous.get(self.signum) if self.signum in WARNINGS else None
         if callable(previous):
             signal.signal(self.signum, previous)  # type: ignore[arg-type]

@@ -72,9 +72,18 @@ class Checkpoints:
         }
 
 
-def check_fits(checkpoint: Checkpoint, config_digest: str, data_digest: str) -> None:
-    """Refuse, in one line, a checkpoint of another config or of other data."""
+def check_fits(
+    checkpoint: Checkpoint, config_digest: str, data_digest: str, device: str = "cpu"
+) -> None:
+    """Refuse, in one line, a checkpoint of another config, of other data, or of another
+    kind of device (its generators' states fit only their own)."""
     where = shown(checkpoint.path)
+    saved = checkpoint.state.get("device", "cpu")
+    if saved != device:
+        raise CheckpointError(
+            f"{where} was taken on {saved}, and this run trains on {device}: resume it on "
+            f"{saved} (device={saved}), where it goes on bit for bit"
+        )
     if checkpoint.state["config_digest"] != config_digest:
         raise CheckpointError(
             f"{where} was taken by another config (identity {checkpoint.state['config_digest']}, "

@@ -147,7 +147,7 @@ def _execute(
     progress = Progress(stops=stops.check if stops is not None else None)
     taker = Taker(
         ready.model, ready.update, ready.generator, progress, identity(cfg), data_record.digest,
-        result.history,
+        result.history, device=ready.device.type,
     )  # fmt: skip
     early = cfg.train.get("early_stop") or {}
     early_stop = None
@@ -159,7 +159,7 @@ def _execute(
     logged = ["train_loss", "val_loss", ready.quality_name]
     check_metric(cfg.get("optimized_metric", "val_loss"), logged)
     if resume is not None:  # refused before anything is written or recorded
-        check_fits(resume, taker.config_digest, taker.data_digest)
+        check_fits(resume, taker.config_digest, taker.data_digest, ready.device.type)
         restore(resume, taker, ready.device)
         extra_tags = {**extra_tags, **checkpoints.resumed_from(resume)}
     info = ready.split_info
@@ -224,12 +224,14 @@ def _execute(
             for earlier in result.history:  # resumed, into a run of its own
                 tracker(earlier)
 
+    if resume is not None:  # its checkpoint names this process now: no second resume of it
+        checkpoints.save()
     csv = MetricsCsv(output_dir / "metrics.csv", logged)
     for earlier in result.history:  # a resumed run's folder holds every epoch once
         csv(earlier)
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
-    callbacks.append(checkpoints)  # it records what the tracker was handed
-    callbacks += [early_stop] if early_stop is not None else []  # last: it may end the loop
+    callbacks += [early_stop] if early_stop is not None else []  # it may end the loop
+    callbacks.append(checkpoints)  # last: the state after every other callback's epoch
     end_tags: dict[str, str] = {}
     end_files_now: list[tuple[Path, str | None]] = []  # a stopped run's checkpoint
     failure: BaseException | None = None
@@ -273,7 +275,6 @@ def _execute(
             f"{console.prefix}{name}: {result.note}", extra={"file_only": bool(console.prefix)}
         )
     end_files: list[tuple[Path, str | None]] = [(csv.path, None), *end_files_now]
-    checkpoints.ended(result.status, diverged=result.status == "FAILED" and failure is None)
     if result.status == "FINISHED":
         model_file = output_dir / "model.pt"
         torch.save(ready.model.state_dict(), model_file)  # tensors only: loads with weights_only
@@ -287,6 +288,8 @@ def _execute(
             result.status, end_tags, end_files, wait=not defer_end, model_folder=model
         )
         result.run_id = tracker.finished_run_id
+    # only now: a stop while the run closes still finds its checkpoint (a SLURM requeue)
+    checkpoints.ended(result.status, diverged=result.status == "FAILED" and failure is None)
     result.seconds = time.monotonic() - started
     hint = tracker.hint() if tracker is not None and not console.prefix else None
     log.info(console.prefix + closing_line(result, output_dir, hint))

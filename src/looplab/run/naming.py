@@ -23,7 +23,8 @@ def identity(cfg: DictConfig) -> str:
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     document.pop("tracking", None)
     document.pop("checkpoint", None)
-    document.pop("optimized_metric", None)
+    if (document["train"].get("early_stop") or {}).get("patience") is None:
+        document.pop("optimized_metric", None)  # it decides nothing about training then
     if document["model"].get("hidden") is None:  # unset: the identity runs had before it
         document["model"].pop("hidden", None)
     if (document["train"].get("early_stop") or {}).get("patience") is None:  # off: the same

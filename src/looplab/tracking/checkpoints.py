@@ -4,6 +4,7 @@ by `looplab resume` and by a sweep relaunched with `tracking.skip_finished=true`
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ def checkpoint_of(client: Any, run: Any) -> Path | None:
     try:
         return Path(client.download_artifacts(run.info.run_id, artifact, into))
     except Exception:  # the artifact is gone: as if it left none
+        shutil.rmtree(into, ignore_errors=True)
         return None
 
 

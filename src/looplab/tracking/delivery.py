@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from looplab.run import tags
 from looplab.tracking.protocol import Ended, Files, Started, StartFailed
 from looplab.tracking.record import RECORD_ID_TAG
 from looplab.tracking.store import (
     HEARTBEAT_TAG,
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_LENGTH,
+    REAPED_TAG,
     find_tagged,
     first_line,
 )
@@ -35,6 +37,14 @@ HEARTBEAT_SECONDS = 30.0
 # A writer whose trainer died tries this long to end the run as KILLED.
 ABANDON_WAIT_SECONDS = 30.0
 INCOMPLETE_TAG = "looplab.incomplete"  # what the store refused of the run, in words
+# A resumed run's tags that told how it had stopped: gone once it goes on.
+STALE_ON_RESUME = (
+    tags.STOPPED_BY,
+    tags.CHECKPOINT_EPOCH,
+    tags.CHECKPOINT_BATCH,
+    tags.UNENDED,
+    REAPED_TAG,
+)
 
 # -- the operations: what one store call (or a few, for metrics) sends -------------------------
 
@@ -311,6 +321,9 @@ class Delivery:
             for key in found.data.metrics
         }
         self.client.update_run(run_id, status="RUNNING")
+        for stale in STALE_ON_RESUME:  # how it stopped is told by looplab.resumed_at_epoch now
+            if stale in found.data.tags:
+                self.client.delete_tag(run_id, stale)
         tags = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in operation.tags.items()]
         self.client.log_batch(run_id, tags=tags)
         self.run_id = run_id

@@ -5,7 +5,6 @@ No store is opened or created, no writer process is started, MLflow is never imp
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,9 +69,9 @@ class OfflineTracker(RunFolder):
         self._start_files(artifacts)
         self.runs_started += 1
 
-    def find_finished(self, config_digest: str, data_digest: str) -> tuple[None, float]:
+    def find_finished(self, config_digest: str, data_digest: str) -> tuple[None, dict]:
         """Offline there is no store to find a finished run in: every job trains."""
-        return None, math.nan
+        return None, {}
 
     def find_study(self, study: str) -> tuple[None, None]:
         """Offline each launch of a search is a parent of its own."""

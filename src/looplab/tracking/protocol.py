@@ -143,7 +143,7 @@ class StudyFound:
 @dataclass(frozen=True)
 class FinishedFound:
     run_id: str | None
-    val_loss: float
+    metrics: dict[str, float]  # its final and best values
 
 
 @dataclass(frozen=True)

@@ -49,13 +49,15 @@ class StoreQueries:
         found = self._receive_until(StudyFound, ANSWER_SECONDS, "finding the study's parent")
         return found.run_id, found.record_id
 
-    def find_finished(self, config_digest: str, data_digest: str) -> tuple[str | None, float]:
+    def find_finished(
+        self, config_digest: str, data_digest: str
+    ) -> tuple[str | None, dict[str, float]]:
         """A FINISHED run of this experiment with the same config identity and data digest,
-        and its final val_loss (NaN when it has none); (None, NaN) when there is none."""
+        and its metrics (final and best); (None, {}) when there is none."""
         self._ensure_open()
         self._send(FindFinished(config_digest, data_digest))
         found = self._receive_until(FinishedFound, ANSWER_SECONDS, "finding finished runs")
-        return found.run_id, found.val_loss
+        return found.run_id, found.metrics
 
     def find_interrupted(
         self, config_digest: str, data_digest: str

@@ -197,12 +197,12 @@ class Writer:
 
     def find_finished(self, message: FindFinished) -> None:
         """Reply with a FINISHED run of the experiment that trained the same config on the
-        same data (the newest), and its final val_loss."""
+        same data (the newest), and its metrics (final and best)."""
 
         def answer(run: Any) -> FinishedFound:
             if run is None:
-                return FinishedFound(None, float("nan"))
-            return FinishedFound(run.info.run_id, run.data.metrics.get("val_loss", float("nan")))
+                return FinishedFound(None, {})
+            return FinishedFound(run.info.run_id, dict(run.data.metrics))
 
         self._reply_with_run(
             f"tags.`{CONFIG_DIGEST_TAG}` = '{message.config_digest}' and "
