@@ -319,9 +319,12 @@ def test_resume_refuses_in_one_line_what_it_cannot_go_on_with(tmp_path) -> None:
     early = tmp_path / "early"
     early.mkdir()
     trainer = start(early, "train.epochs=3000")  # killed before its first checkpoint (60 s)
+    wait_for("the run to start", lambda: any(early.glob("outputs/runs/*/*/record.json")))
+    early_client = client_of(early)  # the store exists once record.json does
+    wait_for("the run in the store", lambda: bool(the_run(early_client)))
     wait_for("the run's 20th epoch", lambda: epochs_written(early) >= 20)
     for pid in (trainer.pid, *writer_of(trainer.pid)):
         os.kill(pid, signal.SIGKILL)
     trainer.wait(timeout=30)
-    (lost,) = the_run(client_of(early))
+    (lost,) = the_run(early_client)
     assert "has no checkpoint" in refused("resume", lost.info.run_id, cwd=early)
