@@ -115,3 +115,25 @@ def test_early_stop_settings_are_checked(make_config) -> None:
         validate(make_config("train.early_stop.patience=0"))
     with pytest.raises(ConfigError, match=r"train\.early_stop\.min_delta=-1\.0 is not allowed"):
         validate(make_config("train.early_stop.min_delta=-1"))
+
+
+def test_a_periodic_checkpoint_holds_the_early_stops_state_of_its_own_epoch(
+    make_config, tmp_path
+) -> None:
+    """Fault: the periodic checkpoint is taken before the early stop has seen the epoch, so
+    it holds the early stop's state of the epoch before (a run killed and resumed from it
+    would stop later, with other weights)."""
+    from looplab.run.execute import execute
+
+    cfg = make_config(
+        "train.epochs=6",
+        "train.early_stop.patience=50",  # never stops here: only its state matters
+        "checkpoint.every_epochs=1",
+        "checkpoint.keep=true",
+        "tracking.enabled=false",
+    )
+    result = execute(cfg, tmp_path / "run")
+    losses = [r.metrics["val_loss"] for r in result.history]
+    assert losses == sorted(losses, reverse=True), "needs a run that improves every epoch"
+    saved = load(tmp_path / "run" / "checkpoint.pt").state["callbacks"]["early_stop"]
+    assert (saved["best_epoch"], load(tmp_path / "run" / "checkpoint.pt").epoch) == (6, 6)
