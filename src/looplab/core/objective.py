@@ -17,7 +17,8 @@ from looplab.core.errors import ConfigError
 
 BEST, BEST_EPOCH = "_best", "_best_epoch"
 METRICS = ("train_loss", "val_loss", "val_accuracy", "val_rmse")
-MAXIMISED = ("val_accuracy",)
+# Metrics best at their maximum, by the last word of their name; every other at its minimum.
+HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall")
 
 
 def base_metric(metric: str) -> str:
@@ -26,8 +27,10 @@ def base_metric(metric: str) -> str:
 
 
 def direction_of(metric: str) -> str:
-    """`maximize` for accuracy, `minimize` for losses and RMSE (and their best values)."""
-    return "maximize" if base_metric(metric) in MAXIMISED else "minimize"
+    """`maximize` for accuracy-like metrics, `minimize` for losses and errors (and for
+    their best values: `val_accuracy_best` is maximised too)."""
+    last_word = base_metric(metric).rsplit("_", 1)[-1].lower()
+    return "maximize" if last_word in HIGHER_IS_BETTER else "minimize"
 
 
 def direction_for(metric: str, asked: object = None) -> str:

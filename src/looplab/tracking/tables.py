@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looplab.core.errors import TrackingError
-from looplab.core.objective import BEST, BEST_EPOCH, base_metric
+from looplab.core.objective import BEST, BEST_EPOCH, base_metric, direction_of
 from looplab.run.naming import UNNAMED_PREFIXES
 from looplab.tracking.reader import LOST_AFTER_SECONDS, history, is_lost
 from looplab.tracking.store import JOB_TAG as JOB
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 # Metrics in the order a reader expects them; any others follow, sorted.
 METRIC_ORDER = ("train_loss", "val_loss", "val_accuracy", "val_rmse")
 # Metrics where more is better; every other metric (losses, rmse, ...) is best at its minimum.
-HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall")
 LINE_STYLES = ("-", "--", "-.", ":")
 
 
@@ -56,7 +55,7 @@ def metric_names(runs: list[Run]) -> list[str]:
 
 def higher_is_better(metric: str) -> bool:
     """Accuracy-like metrics are best at their maximum; losses and errors at their minimum."""
-    return metric.rsplit("_", 1)[-1].lower() in HIGHER_IS_BETTER
+    return direction_of(metric) == "maximize"
 
 
 def final_and_best(points: list[tuple[int, float]], metric: str) -> tuple[float, float]:
