@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +115,7 @@ def _from_store(
     from looplab.cli.reproduce import quoted
     from looplab.run.config_file import from_record
     from looplab.tracking import reader, records, store
-    from looplab.tracking.checkpoints import checkpoint_of, is_silent
+    from looplab.tracking.checkpoints import SILENT_AFTER_SECONDS, checkpoint_of
 
     run = reader.get_run(uri, experiment, run_id)
     status = run.info.status
@@ -140,7 +139,7 @@ def _from_store(
             "before its first one; `looplab reproduce "
             f"{run_id} checkpoint.every_epochs=1` trains its config again from epoch 1"
         )
-    if status == "RUNNING" and not is_silent(run, int(time.time() * 1000)):
+    if status == "RUNNING" and not reader.is_lost(run, SILENT_AFTER_SECONDS):
         from looplab.core.checkpoint import load
         from looplab.run.checkpoints import trainer_gone
 

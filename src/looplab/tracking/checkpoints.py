@@ -11,7 +11,7 @@ from typing import Any
 
 from looplab.core.paths import CHECKPOINT_FILE
 from looplab.run import tags as tag
-from looplab.tracking.store import HEARTBEAT_TAG
+from looplab.tracking.reader import is_lost
 
 # The temporary folder a checkpoint downloaded from the store waits in.
 DOWNLOADED = "looplab-checkpoint-"
@@ -37,19 +37,11 @@ def checkpoint_of(client: Any, run: Any) -> Path | None:
         return None
 
 
-def is_silent(run: Any, now_ms: int) -> bool:
-    beat = run.data.tags.get(HEARTBEAT_TAG)
-    last = int(beat) if beat and beat.isdigit() else run.info.start_time
-    return now_ms - last > SILENT_AFTER_SECONDS * 1000
-
-
 def interrupted_checkpoint(
     client: Any, experiment_id: str, config_digest: str, data_digest: str
 ) -> tuple[str | None, str | None]:
     """(run id, checkpoint path) of the newest run of this config and data that stopped
     with a checkpoint: KILLED, FAILED, or RUNNING and silent; (None, None) when none did."""
-    import time
-
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{tag.CONFIG_DIGEST}` = '{config_digest}' and "
@@ -57,9 +49,8 @@ def interrupted_checkpoint(
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )
-    now_ms = int(time.time() * 1000)
     for run in runs:
-        if run.info.status == "RUNNING" and not is_silent(run, now_ms):
+        if run.info.status == "RUNNING" and not is_lost(run, SILENT_AFTER_SECONDS):
             continue  # may be training still, elsewhere
         path = checkpoint_of(client, run)
         if path is not None:
