@@ -18,6 +18,7 @@ from looplab.core.errors import TrackingError
 from looplab.core.objective import best_metrics
 from looplab.core.paths import CHECKPOINT_FILE
 from looplab.run import tags as tag
+from looplab.tracking.protocol import Epoch
 from looplab.tracking.record import RECORD_FILE, RECORD_ID_TAG, RunRecord, read_epochs
 from looplab.tracking.store import (
     BEST_JOB_TAG,
@@ -181,9 +182,10 @@ def sync_record(
     """Make the store's run for `record` complete; add only what it lacks."""
     from mlflow.entities import Metric, RunTag
 
+    epochs = read_epochs(folder)  # metrics.csv, read once
     unended = record.status == "RUNNING"
     if unended:
-        _end_unended(folder, record)
+        _end_unended(folder, record, epochs)
     run = find_tagged(client, exp_id, RECORD_ID_TAG, record.record_id)
     created = run is None
     tags = {**record.tags, RECORD_ID_TAG: record.record_id}
@@ -207,8 +209,8 @@ def sync_record(
     if missing:
         client.log_batch(run_id, tags=missing)
 
-    epochs_added = _add_epochs(client, run_id, folder, Metric)
-    _add_best(client, run_id, folder, run.data.metrics, Metric)
+    epochs_added = _add_epochs(client, run_id, epochs, Metric)
+    _add_best(client, run_id, epochs, run.data.metrics, Metric)
     files_added = _add_files(client, run_id, folder, record.artifacts)
 
     ended = run.info.status != record.status or run.info.end_time != record.end_time_ms
@@ -222,11 +224,10 @@ def sync_record(
     return Synced(folder, run_id, record.name, created, epochs_added, files_added, ended, unended)
 
 
-def _end_unended(folder: Path, record: RunRecord) -> None:
+def _end_unended(folder: Path, record: RunRecord, epochs: list[Epoch]) -> None:
     """A run whose process died before it ended it (or that still trains): what it has is
     sent as KILLED, with its checkpoint, if any, to resume it from the store; should it
     still be training, its end is sent by the next sync."""
-    epochs = read_epochs(folder)
     record.status = "KILLED"
     record.end_time_ms = epochs[-1][1] if epochs else record.start_time_ms
     record.end_tags = {**record.end_tags, tag.UNENDED: UNENDED_WHY}
@@ -240,9 +241,8 @@ def _end_unended(folder: Path, record: RunRecord) -> None:
         record.end_tags[tag.CHECKPOINT_BATCH] = str(saved.batch)
 
 
-def _add_best(client: Any, run_id: str, folder: Path, have: dict, metric: Any) -> None:
+def _add_best(client: Any, run_id: str, epochs: list[Epoch], have: dict, metric: Any) -> None:
     """Each metric's best value and epoch (`val_loss_best`), as a run logs them at its end."""
-    epochs = read_epochs(folder)
     if not epochs:
         return
     best = best_metrics([(epoch, values) for epoch, _, values in epochs])
@@ -252,10 +252,9 @@ def _add_best(client: Any, run_id: str, folder: Path, have: dict, metric: Any) -
         client.log_batch(run_id, metrics=missing)
 
 
-def _add_epochs(client: Any, run_id: str, folder: Path, metric: Any) -> int:
+def _add_epochs(client: Any, run_id: str, epochs: list[Epoch], metric: Any) -> int:
     """Log the (metric, epoch) values of metrics.csv that the store lacks; the number of
     epochs that gained any."""
-    epochs = read_epochs(folder)
     if not epochs:
         return 0
     names = {name for _, _, values in epochs for name in values}
