@@ -5,9 +5,9 @@
 
 The run's own config (its folder's `config.yaml`, or the store's) is trained by `looplab-train`
 in a child process, as `looplab reproduce` does, told the checkpoint by LOOPLAB_RESUME.
-`looplab-train` also resumes by itself (`checkpoint_to_resume`): from a checkpoint in its
-own folder (a job that SLURM requeued runs again there), and, with
-`tracking.skip_finished=true`, from a stopped run of the same config and data.
+`looplab-train` also resumes by itself: from a checkpoint in its own folder (a job that SLURM
+requeued runs again there: `checkpoint_here`), and, with `tracking.skip_finished=true`, from
+a stopped run of the same config and data (`stopped_runs_checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from looplab.core.checkpoint import Checkpoint
-    from looplab.run.parts import Parts
 
 # The checkpoint `looplab resume` hands to the `looplab-train` it starts.
 RESUME_VARIABLE = "LOOPLAB_RESUME"
@@ -166,26 +165,24 @@ def _from_store(
     return cfg, checkpoint, overrides, run.info.run_name or run_id
 
 
-def checkpoint_to_resume(
-    plain: DictConfig, output_dir: Path, tracker: Any, parts: Parts
-) -> Checkpoint | None:
+def checkpoint_here(output_dir: Path) -> Checkpoint | None:
     """The checkpoint `looplab-train` goes on from, if any: the one `looplab resume` names,
-    else one in the run's own folder (a job run again there: SLURM's requeue), else, with
-    `tracking.skip_finished=true`, a stopped run's of the same config and data."""
+    else one in the run's own folder (a job run again there: SLURM's requeue)."""
     from looplab.core.checkpoint import load
 
     asked = os.environ.get(RESUME_VARIABLE)
     if asked:
         return load(Path(asked))
     own = output_dir / CHECKPOINT_FILE
-    if own.is_file():
-        return load(own)
-    if not (plain.tracking.skip_finished and tracker is not None):
-        return None
-    from looplab.run.naming import identity
-    from looplab.run.records import describe_data
+    return load(own) if own.is_file() else None
 
-    _run_id, path = tracker.find_interrupted(identity(plain), describe_data(plain, parts).digest)
+
+def stopped_runs_checkpoint(tracker: Any, digests: tuple[str, str]) -> Checkpoint | None:
+    """With `tracking.skip_finished=true`: the checkpoint of a stopped run of the same config
+    and data (`digests`: config identity, data digest), if the store knows one."""
+    from looplab.core.checkpoint import load
+
+    _run_id, path = tracker.find_interrupted(*digests)
     if path is None:
         return None
     checkpoint = load(Path(path))

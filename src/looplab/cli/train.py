@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from looplab.cli.resume import checkpoint_to_resume, resumed_explicitly
+from looplab.cli.resume import checkpoint_here, resumed_explicitly, stopped_runs_checkpoint
 from looplab.cli.sweep import SweepCallback
 from looplab.core.errors import (
     EXIT_FAILED,
@@ -194,12 +194,13 @@ def train_job(cfg: DictConfig) -> float:
             tags |= recorded_choices(hydra_config)
         tags |= requested_tags()
         name = tags.pop(tag.RUN_NAME, name)
-        resume = checkpoint_to_resume(plain, output_dir, None, parts)
+        resume = checkpoint_here(output_dir)
         if resume is None and plain.tracking.skip_finished and tracker is not None:
-            skipped = skip_if_finished(plain, tracker, job, name, parts, direction)
+            digests = run_digests(plain, parts)
+            skipped = skip_if_finished(plain, tracker, job, name, digests, direction)
             if skipped is not None:
                 return skipped
-            resume = checkpoint_to_resume(plain, output_dir, tracker, parts)
+            resume = stopped_runs_checkpoint(tracker, digests)
         result = execute(
             plain,
             output_dir,
@@ -310,25 +311,28 @@ def requested_tags() -> dict[str, str]:
     }
 
 
+def run_digests(plain: DictConfig, parts: Parts) -> tuple[str, str]:
+    """What tells a run apart for `tracking.skip_finished`: its config identity (less where
+    it is recorded) and the digest of its data as loaded (a changed CSV trains again)."""
+    from looplab.run.naming import identity
+    from looplab.run.records import describe_data
+
+    return identity(plain), describe_data(plain, parts).digest
+
+
 def skip_if_finished(
     plain: DictConfig,
     tracker: Tracker,
     job: SweepJob | None,
     name: str,
-    parts: Parts,
+    digests: tuple[str, str],
     direction: str,
 ) -> float | None:
     """With `tracking.skip_finished=true`: when a FINISHED run of the experiment trained the
     same config (less where it is recorded) on the same data (by digest), say so, record the
     job as SKIPPED and return that run's `optimized_metric`; else None, and the job trains.
-
-    The data digest is of the table as loaded, so a changed CSV trains again.
     """
-    from looplab.run.naming import identity
-    from looplab.run.records import describe_data
-
-    digest = describe_data(plain, parts).digest
-    run_id, metrics = tracker.find_finished(identity(plain), digest)
+    run_id, metrics = tracker.find_finished(*digests)
     if run_id is None:
         return None
     prefix = job.prefix if job is not None else ""
