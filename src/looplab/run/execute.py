@@ -134,17 +134,17 @@ def _execute(
     console: ConsoleReport | None,
     extra_tags: dict[str, str],
     defer_end: bool,
-    cpus: float | None = None,
-    parts: Parts | None = None,
-    log_model: bool = False,
-    resume: Checkpoint | None = None,
-    stops: StopsBetweenSteps | None = None,
+    cpus: float | None,
+    parts: Parts | None,
+    log_model: bool,
+    resume: Checkpoint | None,
+    stops: StopsBetweenSteps,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg, cpus, parts)
     data_record = describe_data(cfg, parts)
     result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
-    progress = Progress(stops=stops.check if stops is not None else None)
+    progress = Progress(stops=stops.check)
     taker = Taker(
         ready.model, ready.update, ready.generator, progress, identity(cfg), data_record.digest,
         result.history, device=ready.device.type,
@@ -208,7 +208,7 @@ def _execute(
             tags[tag.CODE] = json.dumps(parts.code, sort_keys=True)
         if resume is not None and resume.run.get("record_id"):  # the same run goes on
             tracker.resume_run(
-                resume.run, name, run_params, tags, startup_files, resume.history(), output_dir
+                resume.run, name, run_params, tags, startup_files, result.history, output_dir
             )
         else:
             tracker.start_run(
@@ -236,10 +236,7 @@ def _execute(
     end_files_now: list[tuple[Path, str | None]] = []  # a stopped run's checkpoint
     failure: BaseException | None = None
     try:
-        if stops is not None:
-            with stops:  # a stop signal waits for the loop to be between two steps
-                ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
-        else:
+        with stops:  # a stop signal waits for the loop to be between two steps
             ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
         result.status = "FINISHED"
     except StoppedEarly as stop:  # model.pt gets the best epoch's weights
@@ -260,7 +257,7 @@ def _execute(
         result.exit_code = EXIT_INTERRUPTED if interrupted else stop.exit_code
         result.error = "interrupted (Ctrl-C)" if interrupted else f"terminated ({stop.name})"
         end_tags = {tag.STOPPED_BY: "SIGINT" if interrupted else stop.name}
-        if stops is not None and stops.between_steps:  # the state is whole: keep it
+        if stops.between_steps:  # the state is whole: keep it
             end_files_now = [(checkpoints.save(), tag.CHECKPOINT_ARTIFACT)]
             end_tags |= checkpoints.stopped_tags()
     except BaseException as error:
