@@ -48,7 +48,7 @@ ui: setup
 	$(BIN)/looplab ui $(ARGS)
 
 bench: setup
-	$(BIN)/python -c 'import lightning' 2>/dev/null || PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' || echo 'make bench: the bench extra did not install; the peers rows will say skipped'
+	$(BIN)/python -c 'import lightning, optuna' 2>/dev/null || PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' || echo 'make bench: the bench extra did not install; the peers and pruning rows will say skipped'
 	PYTHONPATH=$(CURDIR)/scripts $(BIN)/python -m bench $(ARGS)
 
 lint: setup

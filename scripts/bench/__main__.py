@@ -32,6 +32,7 @@ GROUPS = (
     "minibatch",
     "sweep",
     "checkpoint",
+    "pruning",
     "scaling",
     "cuda",
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from hydra_plugins.looplab_optuna_sweeper.config import LooplabOptunaSweeperConf
 from looplab.core.objective import direction_for
 from looplab.launch.sweep import SweepRefused, search_identity
 from looplab.launch.sweeper import LaunchingSweeper
+from looplab.launch.trials import PRUNED_AT, write_trials
 
 log = logging.getLogger(__name__)
 # The study's record of the trials killed launches left running (asked again, not counted).
@@ -57,6 +59,24 @@ def distribution(override: Override) -> Any:
     raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
 
 
+def grid_space(space: dict[str, Any]) -> dict[str, list[Any]]:
+    """The values of every key, for `hydra/sweeper/sampler=grid`: choices and stepped ranges
+    only (an interval has no grid)."""
+    grid = {}
+    for key, kind in space.items():
+        if hasattr(kind, "choices"):
+            grid[key] = list(kind.choices)
+        elif getattr(kind, "step", None) is not None:
+            count = round((kind.high - kind.low) / kind.step) + 1
+            grid[key] = [kind.low + i * kind.step for i in range(count)]
+        else:
+            raise SweepRefused(
+                f"hydra/sweeper/sampler=grid: {key} is an interval, which has no grid; give "
+                "it as choice(...) or range(...), or choose another sampler"
+            )
+    return grid
+
+
 def study_name(settings: dict[str, Any], arguments: list[str]) -> str:
     """`study_name`, else the search's identity (launch.sweep.search_identity): what the
     sweep's parent run is tagged with too (cli/sweep.py), one parent for the study."""
@@ -77,6 +97,16 @@ def objective(job: JobReturn) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def tell(study: Any, trial: Any, **outcome: Any) -> None:
+    """`study.tell`, past the grid sampler's `study.stop()` at its grid's end, which Optuna
+    allows only inside `study.optimize` (the trial's outcome is stored first)."""
+    try:
+        study.tell(trial, **outcome)
+    except RuntimeError as error:
+        if "Study.stop" not in str(error):
+            raise
+
+
 class LooplabOptunaSweeper(LaunchingSweeper):
     def __init__(self, **settings: Any) -> None:
         super().__init__()
@@ -88,6 +118,27 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                 f"keys: {', '.join(sorted(known - {'_target_'}))}"
             )
         self.settings = settings
+
+    def _sampler(self, space: dict[str, Any], seed_offset: int) -> Any:
+        """The chosen sampler (hydra/sweeper/sampler), its seed moved past `seed_offset`
+        trials so that a relaunch does not ask the first launch's parameters again."""
+        from hydra.utils import instantiate
+
+        chosen = dict(self.settings.get("sampler") or {"_target_": "optuna.samplers.TPESampler"})
+        if chosen.get("seed") is not None:
+            chosen["seed"] = int(chosen["seed"]) + seed_offset
+        if chosen["_target_"].endswith("GridSampler"):
+            chosen["search_space"] = grid_space(space)
+        try:
+            return instantiate(chosen, _convert_="all")
+        except Exception as error:  # CmaEsSampler without the `cmaes` package, ...
+            cause = error.__cause__ or error
+            raise SweepRefused(
+                f"hydra/sweeper/sampler: {chosen['_target_']} cannot be used: {cause}"
+            ) from None
+
+    def _pruner_config(self) -> dict[str, Any]:
+        return dict(self.settings.get("pruner") or {"_target_": "optuna.pruners.NopPruner"})
 
     def _space(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
         """The search space (declared params, then command-line sweeps) and fixed overrides."""
@@ -148,36 +199,44 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             raise ValueError("hydra/sweeper=looplab_optuna needs a search space in its params")
         name = study_name(self.settings, arguments)
         storage = self._storage(name)
-        seed = self.settings.get("seed")
+        pruner = self._pruner_config()
         study = optuna.create_study(
             study_name=name,
             storage=storage,
             load_if_exists=True,
             direction=self._direction(),
-            sampler=optuna.samplers.TPESampler(seed=seed),
+            sampler=self._sampler(space, 0),
         )
-        if study.trials and seed is not None:  # a relaunch: not the first launch's draws again
-            sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+        if study.trials:  # a relaunch: not the first launch's draws again
+            sampler = self._sampler(space, len(study.trials))
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         done = self._resume(study)
         total = int(self.settings.get("n_trials", 20))
+        if (self.settings.get("sampler") or {}).get("_target_", "").endswith("GridSampler"):
+            total = min(total, math.prod(len(v) for v in grid_space(space).values()))
         batch_size = max(1, int(self.settings.get("n_jobs", 1)))
         if done >= total:
             print(f"study {name}: all {total} trials are done already ({storage})")
         failed = launched = 0
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         while done < total:
             trials = [study.ask(space) for _ in range(min(batch_size, total - done))]
             overrides = [
                 tuple(fixed) + tuple(f"{key}={value}" for key, value in trial.params.items())
                 for trial in trials
             ]
-            returns = self.launch(overrides, trials[0].number)
+            first = trials[0].number  # the launcher numbers the batch's jobs from here
+            jobs = {first + i: trial.number for i, trial in enumerate(trials)}
+            write_trials(sweep_dir, name, storage, pruner, jobs)
+            returns = self.launch(overrides, first)
             for trial, job in zip(trials, returns, strict=True):
                 value = objective(job)
                 if value is None:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    tell(study, trial, state=optuna.trial.TrialState.FAIL)
+                elif PRUNED_AT in study.trials[trial.number].user_attrs:
+                    tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                 else:
-                    study.tell(trial, value)
+                    tell(study, trial, values=value)
             done += len(trials)
             failed += sum(objective(job) is None for job in returns)
             launched += len(trials)
@@ -189,8 +248,15 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                     f"hydra.sweeper.max_failure_rate={rate:g} of them"
                 )
                 break
-        # Finite values only: a study begun before failed jobs were FAIL trials holds +inf.
-        finished = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+        states = Counter(t.state.name.lower() for t in study.trials)
+        print(f"study {name}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+        # Complete and finite only: a pruned trial's value is of an earlier epoch, and a
+        # study begun before failed jobs were FAIL trials holds +inf.
+        finished = [
+            t
+            for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)
+        ]
         if finished:
             best = min(
                 finished, key=lambda t: t.value if study.direction.name == "MINIMIZE" else -t.value
@@ -199,9 +265,9 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             print(f"study {name}: best trial #{best.number} {shown}: {best.value:.6g}")
             OmegaConf.save(  # as hydra-optuna-sweeper writes it, for scripts that read it
                 {"name": "optuna", "best_params": best.params, "best_value": best.value},
-                Path(str(self.config.hydra.sweep.dir)) / "optimization_results.yaml",
+                sweep_dir / "optimization_results.yaml",
             )
         OmegaConf.save(
             {"study": name, "storage": storage, "trials": len(study.trials)},
-            Path(str(self.config.hydra.sweep.dir)) / "optuna.yaml",
+            sweep_dir / "optuna.yaml",
         )

@@ -167,6 +167,7 @@ class SweepCallback(Callback):
         finished = [r for r in records if r.status in DONE]
         failed = [r for r in records if r.status not in DONE]
         skipped = [r for r in records if r.status == "SKIPPED"]
+        pruned = [r for r in records if r.pruned_at is not None]
         files: list[tuple[Path, str | None]] = []
         table_text = None
         group: tuple[str, dict[str, str]] | None = None
@@ -201,8 +202,12 @@ class SweepCallback(Callback):
             except LooplabError as error:  # e.g. no job got to its first epoch
                 print(f"warning: no curves for the sweep: {error}", file=sys.stderr)
         sign = -1.0 if direction == "maximize" else 1.0  # the best child, by the objective
-        best = min(
-            (r for r in finished if math.isfinite(r.metrics.get(metric, math.nan))),
+        best = min(  # a pruned job's values are of an earlier epoch: not a candidate
+            (
+                r
+                for r in finished
+                if r.pruned_at is None and math.isfinite(r.metrics.get(metric, math.nan))
+            ),
             key=lambda r: sign * r.metrics[metric],
             default=None,
         )
@@ -211,6 +216,7 @@ class SweepCallback(Callback):
             "looplab.jobs_failed": str(sum(r.status != "KILLED" for r in failed)),
             "looplab.jobs_killed": str(sum(r.status == "KILLED" for r in failed)),
             "looplab.jobs_skipped": str(len(skipped)),
+            "looplab.jobs_pruned": str(len(pruned)),
             "looplab.jobs_resumed": str(sum(r.resumed_at is not None for r in records)),
         }
         if group is not None:
@@ -296,7 +302,9 @@ def _print_summary(
     if stopped_by:
         line = f"sweep stopped by {stopped_by}: {done} of the {len(records)} jobs that ran finished"
     resumed = sum(r.resumed_at is not None for r in records)
-    why = [f"{skipped} skipped: FINISHED before, tracking.skip_finished=true"] if skipped else []
+    pruned = sum(r.pruned_at is not None for r in records)
+    why = [f"{pruned} of them pruned by the search's pruner"] if pruned else []
+    why += [f"{skipped} skipped: FINISHED before, tracking.skip_finished=true"] if skipped else []
     why += [f"{resumed} resumed from a checkpoint"] if resumed else []
     if why:
         line += f" ({'; '.join(why)})"

@@ -48,6 +48,7 @@ from looplab.launch.jobs import SweepJob, records_its_jobs
 from looplab.launch.parts import parts_of
 from looplab.launch.schema import baseline, register
 from looplab.launch.sweep import SweepFailed, SweepRefused
+from looplab.launch.trials import pruning_for
 from looplab.launch.wording import describe
 from looplab.run import tags as tag
 from looplab.run.naming import run_name
@@ -201,6 +202,7 @@ def train_job(cfg: DictConfig) -> float:
             if skipped is not None:
                 return skipped
             resume = stopped_runs_checkpoint(tracker, digests)
+        pruning = pruning_for(job, metric, direction) if job is not None else None
         result = execute(
             plain,
             output_dir,
@@ -216,6 +218,7 @@ def train_job(cfg: DictConfig) -> float:
             log_model=plain.tracking.log_model == "all"
             or (plain.tracking.log_model == "best" and job is None),
             resume=resume,
+            judges=[pruning] if pruning is not None else [],
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)
@@ -241,6 +244,9 @@ def train_job(cfg: DictConfig) -> float:
             error=result.error,
             metrics=result.final(),
             resumed_at=resume.epoch + 1 if resume is not None else None,
+            pruned_at=int(result.end_tags[tag.PRUNED_AT])
+            if tag.PRUNED_AT in result.end_tags
+            else None,
         )
     if result.exit_code and not (job is not None and result.status == "FAILED"):
         if result.error:

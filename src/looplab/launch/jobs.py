@@ -57,6 +57,7 @@ class JobRecord:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_at: int | None = None  # the epoch it went on from, when resumed from a checkpoint
+    pruned_at: int | None = None  # the epoch after which a search's pruner stopped it
 
     def write(self, sweep_dir: Path) -> None:
         path = job_record_path(sweep_dir, self.num)

@@ -4,17 +4,32 @@ checkpoint keeps, so that a resumed run stops where the uninterrupted one would.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from looplab.core.loop import EpochResult
 from looplab.core.objective import base_metric, direction_of
+from looplab.run import tags as tag
+
+if TYPE_CHECKING:  # torch: imported by the run, not by its callbacks' modules
+    from looplab.core.loop import EpochResult
 
 
-class StoppedEarly(Exception):
-    """Raised by `EarlyStop` after an epoch: the run ends FINISHED."""
+class EndedEarly(Exception):
+    """An epoch callback's word that the run is done before its last epoch: it ends
+    FINISHED, with tags that say why (early stopping here, a search's pruner)."""
+
+    def __init__(self, note: str, tags: dict[str, str]) -> None:
+        super().__init__(note)
+        self.tags = tags
+
+
+class StoppedEarly(EndedEarly):
+    """Raised by `EarlyStop` after an epoch; model.pt gets the best epoch's weights."""
 
     def __init__(self, epoch: int, best_epoch: int) -> None:
-        super().__init__(f"stopped early at epoch {epoch}: no improvement since {best_epoch}")
+        super().__init__(
+            f"stopped early at epoch {epoch}: no improvement since {best_epoch}",
+            {tag.EARLY_STOPPED_AT: str(epoch), tag.BEST_EPOCH: str(best_epoch)},
+        )
         self.epoch, self.best_epoch = epoch, best_epoch
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from looplab.core.validate import validate
 from looplab.run import tags as tag
 from looplab.run.checkpoints import Checkpoints, check_fits
 from looplab.run.config_file import rerunnable
-from looplab.run.early_stop import EarlyStop, StoppedEarly
+from looplab.run.early_stop import EarlyStop, EndedEarly, StoppedEarly
 from looplab.run.naming import identity, params, run_name
 from looplab.run.parts import Parts
 from looplab.run.prepare import prepare
@@ -57,6 +58,7 @@ class RunResult:
     name: str = ""
     seconds: float = 0.0
     note: str | None = None  # why a FINISHED run ended before its last epoch (early stop)
+    end_tags: dict[str, str] = field(default_factory=dict)  # what the run ended with
 
     def final(self) -> dict[str, float]:
         """The last epoch's metrics and every metric's best (`val_loss_best`, ..._best_epoch)."""
@@ -89,6 +91,7 @@ def execute(
     parts: Parts | None = None,
     log_model: bool = False,
     resume: Checkpoint | None = None,
+    judges: Sequence[Callable[[EpochResult], None]] = (),
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
@@ -97,7 +100,8 @@ def execute(
     `cpus` the CPUs a launcher gave this job (see `torch_threads`); `parts` what the config
     names by `_target_` (`launch/parts.py`); `log_model`: a FINISHED run's model is logged
     as an MLflow model (by the writer, after the loop); `resume`: go on from this checkpoint
-    (core/checkpoint.py), in the MLflow run it names.
+    (core/checkpoint.py), in the MLflow run it names; `judges`: epoch callbacks that may
+    end the run FINISHED by raising `EndedEarly` (a search's pruner, launch/trials.py).
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
@@ -118,6 +122,7 @@ def execute(
                 log_model,
                 resume,
                 stops,
+                judges,
             )
     finally:
         if tracker is not None:
@@ -139,6 +144,7 @@ def _execute(
     log_model: bool,
     resume: Checkpoint | None,
     stops: StopsBetweenSteps,
+    judges: Sequence[Callable[[EpochResult], None]],
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg, cpus, parts)
@@ -231,6 +237,7 @@ def _execute(
         csv(earlier)
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
     callbacks += [early_stop] if early_stop is not None else []  # it may end the loop
+    callbacks += judges  # so may these
     callbacks.append(checkpoints)  # last: the state after every other callback's epoch
     end_tags: dict[str, str] = {}
     end_files_now: list[tuple[Path, str | None]] = []  # a stopped run's checkpoint
@@ -239,11 +246,11 @@ def _execute(
         with stops:  # a stop signal waits for the loop to be between two steps
             ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
         result.status = "FINISHED"
-    except StoppedEarly as stop:  # model.pt gets the best epoch's weights
-        early_stop.restore_best()  # type: ignore[union-attr]
-        result.status = "FINISHED"
-        end_tags = {tag.EARLY_STOPPED_AT: str(stop.epoch), tag.BEST_EPOCH: str(stop.best_epoch)}
-        result.note = str(stop)
+    except EndedEarly as stop:
+        if isinstance(stop, StoppedEarly):  # model.pt gets the best epoch's weights
+            early_stop.restore_best()  # type: ignore[union-attr]
+        result.status, result.note = "FINISHED", str(stop)
+        end_tags = dict(stop.tags)
     except DivergedError as error:
         result.status, result.exit_code, result.error = "FAILED", EXIT_FAILED, str(error)
         end_tags = {"looplab.diverged_at_epoch": str(error.epoch), "looplab.error": str(error)}
@@ -267,10 +274,7 @@ def _execute(
     finally:
         console.close()  # every buffered line is out before any error is told
         csv.close()
-    if result.note:  # why the run ended before its last epoch
-        log.info(
-            f"{console.prefix}{name}: {result.note}", extra={"file_only": bool(console.prefix)}
-        )
+    result.end_tags = end_tags
     end_files: list[tuple[Path, str | None]] = [(csv.path, None), *end_files_now]
     if result.status == "FINISHED":
         model_file = output_dir / "model.pt"
@@ -298,8 +302,8 @@ def _execute(
 
 
 def closing_line(result: RunResult, output_dir: Path, hint: str | None = None) -> str:
-    """One line that says how the run ended, its last numbers, and where to look (a sweep's
-    jobs leave out the hint: the sweep's own summary gives it once)."""
+    """One line that says how the run ended (and why, when early), its last numbers, and
+    where to look (a sweep's jobs leave out the hint: the sweep's own summary gives it once)."""
     last = result.history[-1].metrics if result.history else {}
     numbers = ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "no epoch finished"
     epochs = f"{len(result.history)} epochs" if result.history else "0 epochs"
@@ -308,7 +312,7 @@ def closing_line(result: RunResult, output_dir: Path, hint: str | None = None) -
         where = f"MLflow run {result.run_id}; {where}"
         if hint:  # where to look, for the store the run went to (the recorder knows it)
             where += f"; {hint}"
-    why = f": {result.error}" if result.error else ""
+    why = f": {result.error or result.note}" if result.error or result.note else ""
     return f"{result.name}: {result.status} after {epochs} ({numbers}){why}; {where}"
 
 

@@ -26,3 +26,4 @@ CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact folder of a stopped run's che
 UNENDED = "looplab.unended"  # a run whose process never ended it, sent as KILLED by a sync
 EARLY_STOPPED_AT = "looplab.early_stopped_at_epoch"  # train.early_stop ended the run here...
 BEST_EPOCH = "looplab.best_epoch"  # ...and model.pt holds this epoch's weights
+PRUNED_AT = "looplab.pruned_at_epoch"  # a search's pruner stopped this trial after this epoch

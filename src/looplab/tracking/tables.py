@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from looplab.core.errors import TrackingError
 from looplab.core.objective import BEST, BEST_EPOCH, base_metric, direction_of
 from looplab.run.naming import UNNAMED_PREFIXES
+from looplab.run.tags import PRUNED_AT
 from looplab.tracking.reader import LOST_AFTER_SECONDS, history, is_lost
 from looplab.tracking.store import JOB_TAG as JOB
 from looplab.tracking.store import SWEEP_ID_TAG as SWEEP_ID
@@ -86,6 +87,8 @@ def runs_table(runs: list[Run], uri: str, lost_after_s: float = LOST_AFTER_SECON
         if has_jobs and mixed:
             row["sweep"] = run.data.tags.get(SWEEP_ID)
         status = "LOST" if is_lost(run, lost_after_s) else run.info.status
+        if status == "FINISHED" and PRUNED_AT in run.data.tags:  # a search's pruner stopped it
+            status = f"PRUNED@{run.data.tags[PRUNED_AT]}"
         row |= {"run": run.info.run_name, "status": status}
         row |= {key: run.data.params.get(key) for key in params}
         for metric in metrics:

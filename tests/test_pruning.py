@@ -1,0 +1,135 @@
+"""A search under a pruner (`hydra/sweeper/pruner=...`), as a user types it: trials report
+every epoch to the study through its storage and stop when the pruner says so; the sampler
+group; what the sweeper refuses."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from conftest import store_uri
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None,
+    reason="Optuna is an optional extra: pip install -e '.[search]' (make test installs it)",
+)
+
+SEARCH = (
+    "-m",
+    "hparams_search=optuna",
+    "train.epochs=12",
+    "train.print_every=0",
+    "model.width=8",
+    "update=sgd",
+    "train.lr=choice(0.00001,0.5)",  # hopeless, or good; the only key searched
+    "hydra/sweeper/sampler=random",
+    "hydra/sweeper/pruner=median",
+)
+
+
+def searched(run_cli, *extra: str):
+    """SEARCH, 8 trials, the random sampler seeded with 3; it must exit 0."""
+    done = run_cli(*SEARCH, "hydra.sweeper.n_trials=8", "hydra.sweeper.sampler.seed=3", *extra,
+                   timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def study_of(tmp_path):
+    import optuna
+
+    (db,) = (tmp_path / "outputs" / "optuna").glob("*.db")
+    storage = f"sqlite:///{db}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def children_of(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("looplab").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("looplab.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, sorted(children, key=lambda r: int(r.data.tags["looplab.job"]))
+
+
+def test_a_pruned_trial_stops_at_its_epoch_is_told_pruned_and_its_run_says_where(
+    run_cli, tmp_path
+) -> None:
+    """Faults: trials never report (every one trains all 12 epochs); a pruned trial told to
+    the study as COMPLETE (or FAIL); its MLflow run FAILED, or without the epoch it was
+    pruned at, or holding epochs past it; a pruned job counted as a plain finish, or named
+    the sweep's best child; hydra/sweeper/sampler ignored."""
+    done = searched(run_cli, "hydra.sweeper.pruner.n_startup_trials=2")
+    study = study_of(tmp_path)
+    states = [t.state.name for t in study.trials]
+    assert "PRUNED" in states and "COMPLETE" in states, states
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials), "a trial never reported"
+    client, parent, children = children_of(tmp_path)
+    assert len(children) == 8
+    for trial, run in zip(study.trials, children, strict=True):
+        assert run.info.status == "FINISHED"
+        epochs = len(client.get_metric_history(run.info.run_id, "val_loss"))
+        if trial.state.name == "PRUNED":
+            at = int(run.data.tags["looplab.pruned_at_epoch"])
+            assert epochs == at == max(trial.intermediate_values) < 12
+            assert f"pruned at epoch {at}" in done.stdout
+        else:
+            assert "looplab.pruned_at_epoch" not in run.data.tags
+            assert epochs == 12
+    pruned = states.count("PRUNED")
+    assert parent.data.tags["looplab.jobs_pruned"] == str(pruned)
+    assert f"sweep: 8 of 8 jobs finished ({pruned} of them pruned" in done.stdout
+    best = int(parent.data.tags["looplab.best_job"])
+    assert study.trials[best].state.name == "COMPLETE"
+    assert f"{pruned} pruned" in done.stdout and f"{8 - pruned} complete" in done.stdout
+    # The random sampler, seeded: the first trials' draws are RandomSampler(seed=3)'s.
+    import optuna
+
+    expected = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    space = {"train.lr": optuna.distributions.CategoricalDistribution([0.00001, 0.5])}
+    asked = [expected.ask(space).params["train.lr"] for _ in range(3)]
+    assert [t.params["train.lr"] for t in study.trials[:3]] == asked
+
+
+def test_trials_launched_in_parallel_report_to_one_study(run_cli, tmp_path) -> None:
+    """With hydra/launcher=joblib, each trial is another process. Faults: a worker's trial
+    cannot reach the study (no intermediate values, nothing pruned), or prunes against
+    only its own reports."""
+    launcher = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "hydra.sweeper.n_jobs=4")
+    searched(run_cli, *launcher, "hydra.sweeper.pruner.n_startup_trials=4")
+    study = study_of(tmp_path)
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    first, second = study.trials[:4], study.trials[4:]
+    # the first batch ran with no trial complete: nothing to compare against
+    assert all(t.state.name == "COMPLETE" for t in first)
+    assert any(t.state.name == "PRUNED" for t in second), [t.state.name for t in second]
+
+
+def test_a_grid_sampler_refuses_an_interval_in_one_line(run_cli, tmp_path) -> None:
+    """Faults: a traceback (GridSampler cannot enumerate an interval), or a parent run and
+    a sweep folder left behind."""
+    done = run_cli("-m", "hparams_search=optuna", "hydra/sweeper/sampler=grid")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "sampler=grid: train.lr is an interval" in line, line
+
+
+def test_a_grid_sampler_runs_each_combination_once(run_cli, tmp_path) -> None:
+    """Faults: the grid sampler asked for more trials than its grid has (Optuna repeats
+    combinations), or its space not built from the choices."""
+    done = run_cli(
+        "-m",
+        "hparams_search=optuna",
+        "train.epochs=2",
+        "hydra/sweeper/sampler=grid",
+        "train.lr=choice(0.1,0.2)",
+        "model.width=range(0,16,step=8)",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    trials = study_of(tmp_path).trials
+    combos = {(t.params["train.lr"], t.params["model.width"], t.params["update"]) for t in trials}
+    assert len(trials) == len(combos) == 8
