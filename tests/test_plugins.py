@@ -338,6 +338,54 @@ def test_the_optuna_sweeper_refuses_unknown_keys_and_stops_at_its_failure_rate(
     assert results == {"name": "optuna", "best_params": {"+value": 1.0}, "best_value": 1.0}
 
 
+@NEEDS_OPTUNA
+def test_a_multi_objective_search_keeps_its_pareto_front(tmp_path) -> None:
+    """Held to hydra-optuna-sweeper's multi-objective example. Faults: `direction` as a list
+    refused or read as one direction; the jobs' pairs told as one value (or as failures);
+    no `solutions` in optimization_results.yaml; a pruner accepted where Optuna cannot
+    prune."""
+    import optuna
+    import yaml
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = (
+        "hydra/sweeper=looplab_optuna",
+        "hydra.sweeper.direction=[minimize,minimize]",
+        "hydra.sweeper.n_trials=8",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=s",
+        "+x=range(0,3)",
+        "+y=range(0,3)",
+    )
+    done = run_app(tmp_path, "two_objectives.py", *search)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in study.trials)
+    asked = {(t.params["+x"], t.params["+y"]) for t in study.trials}
+    for t in study.trials:  # each job's pair, told as two values
+        x, y = t.params["+x"], t.params["+y"]
+        assert t.values == [x**2 + y**2, (x - 2) ** 2 + (y - 2) ** 2]
+
+    def dominated(a, b) -> bool:  # b at least as good in both, better in one
+        fa = (a[0] ** 2 + a[1] ** 2, (a[0] - 2) ** 2 + (a[1] - 2) ** 2)
+        fb = (b[0] ** 2 + b[1] ** 2, (b[0] - 2) ** 2 + (b[1] - 2) ** 2)
+        return all(v <= u for u, v in zip(fa, fb, strict=True)) and fa != fb
+
+    front = {(t.params["+x"], t.params["+y"]) for t in study.best_trials}
+    assert front == {a for a in asked if not any(dominated(a, b) for b in asked)}
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert {(s["params"]["+x"], s["params"]["+y"]) for s in results["solutions"]} == front
+    assert "on the Pareto front" in done.stdout
+
+    pruned = run_app(
+        tmp_path / "pruned", "two_objectives.py", *search, "hydra/sweeper/pruner=median"
+    )
+    assert pruned.returncode != 0
+    assert "Optuna cannot prune a multi-objective search" in pruned.stderr
+
+
 @pytest.mark.slow
 @NEEDS_OPTUNA
 def test_a_killed_search_launched_again_reruns_its_killed_trial_and_nothing_else(

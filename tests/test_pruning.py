@@ -107,14 +107,28 @@ def test_trials_launched_in_parallel_report_to_one_study(run_cli, tmp_path) -> N
     assert any(t.state.name == "PRUNED" for t in second), [t.state.name for t in second]
 
 
-def test_a_grid_sampler_refuses_an_interval_in_one_line(run_cli, tmp_path) -> None:
-    """Faults: a traceback (GridSampler cannot enumerate an interval), or a parent run and
-    a sweep folder left behind."""
-    done = run_cli("-m", "hparams_search=optuna", "hydra/sweeper/sampler=grid")
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (("hydra/sweeper/sampler=grid",), "sampler=grid: train.lr is an interval"),
+        (("hydra/sweeper/sampler=cmaes",), "sampler=cmaes needs the cmaes package"),
+        (("hydra.sweeper.direction=[minimize,maximize]",), "a list of directions needs"),
+    ],
+)
+def test_a_search_it_cannot_run_is_refused_in_one_line_before_anything_is_written(
+    run_cli, tmp_path, overrides, said
+) -> None:
+    """Faults: a traceback (GridSampler cannot enumerate an interval; CmaEsSampler finds
+    out at its first trial that `cmaes` is missing; looplab-train returns one value to a
+    multi-objective study), or a parent run, a store or a sweep folder left behind."""
+    if "cmaes" in said and importlib.util.find_spec("cmaes") is not None:
+        pytest.skip("cmaes is installed here")
+    done = run_cli("-m", "hparams_search=optuna", *overrides)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert "sampler=grid: train.lr is an interval" in line, line
+    assert said in line, line
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_grid_sampler_runs_each_combination_once(run_cli, tmp_path) -> None:

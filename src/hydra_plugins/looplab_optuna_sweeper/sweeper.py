@@ -18,13 +18,14 @@ import logging
 import math
 from collections import Counter
 from dataclasses import fields
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from hydra_plugins.looplab_optuna_sweeper.config import LooplabOptunaSweeperConf
 from looplab.core.objective import direction_for
@@ -85,16 +86,19 @@ def study_name(settings: dict[str, Any], arguments: list[str]) -> str:
     return str(settings.get("study_name") or search_identity(lines))
 
 
-def objective(job: JobReturn) -> float | None:
-    """The job's value for the study: a finite number it returned, else None (it raised, or
-    returned +inf, NaN or something that is no number): a failed trial."""
+def objective(job: JobReturn, count: int = 1) -> list[float] | None:
+    """The job's values for the study: the `count` finite numbers it returned (one, or a
+    sequence of them for a multi-objective study), else None (it raised, or returned +inf,
+    NaN, too few numbers or something that is no number): a failed trial."""
     if job.status != JobStatus.COMPLETED:
         return None
+    returned = job.return_value
+    values = list(returned) if isinstance(returned, list | tuple) else [returned]
     try:
-        value = float(job.return_value)
+        numbers = [float(value) for value in values]
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
+    return numbers if len(numbers) == count and all(map(math.isfinite, numbers)) else None
 
 
 def tell(study: Any, trial: Any, **outcome: Any) -> None:
@@ -113,11 +117,24 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         known = {f.name for f in fields(LooplabOptunaSweeperConf)}
         unknown = sorted(set(settings) - known)
         if unknown:  # a `+hydra.sweeper.KEY` that nothing reads: a search unlike the one asked
+            keys = sorted(key for key in known if not key.startswith("_") and key != "defaults")
             raise SweepRefused(
                 f"hydra.sweeper.{unknown[0]} is not a key of looplab's Optuna sweeper; its "
-                f"keys: {', '.join(sorted(known - {'_target_'}))}"
+                f"keys: {', '.join(keys)}"
             )
         self.settings = settings
+
+    @classmethod
+    def check_search(cls, config: DictConfig) -> None:
+        """Refuse (SweepRefused) what `sweep` would refuse, before the sweep's parent run or
+        folder exists: looplab's sweep callback asks a sweeper that has this method."""
+        settings = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        assert isinstance(settings, dict)
+        sweeper = cls(**{str(k): v for k, v in settings.items() if k != "_target_"})
+        sweeper.config = config
+        space, _ = sweeper._space([str(line) for line in config.hydra.overrides.task])
+        sweeper._directions()
+        sweeper._sampler(space, 0)
 
     def _sampler(self, space: dict[str, Any], seed_offset: int) -> Any:
         """The chosen sampler (hydra/sweeper/sampler), its seed moved past `seed_offset`
@@ -127,6 +144,11 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         chosen = dict(self.settings.get("sampler") or {"_target_": "optuna.samplers.TPESampler"})
         if chosen.get("seed") is not None:
             chosen["seed"] = int(chosen["seed"]) + seed_offset
+        if chosen["_target_"].endswith("CmaEsSampler") and not find_spec("cmaes"):
+            raise SweepRefused(  # Optuna finds out only at the first trial, with a traceback
+                "hydra/sweeper/sampler=cmaes needs the cmaes package: "
+                ".venv/bin/pip install cmaes; or choose another sampler"
+            )
         if chosen["_target_"].endswith("GridSampler"):
             chosen["search_space"] = grid_space(space)
         try:
@@ -174,6 +196,26 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             return str(self.settings.get("direction") or "minimize")
         return direction_for(str(metric), self.settings.get("direction"))
 
+    def _directions(self) -> list[str]:
+        """One direction (`_direction`), or the list `direction` gives for a multi-objective
+        search, whose jobs return one value for each; Optuna prunes no such study."""
+        asked = self.settings.get("direction")
+        if not isinstance(asked, list | ListConfig):
+            return [self._direction()]
+        assert self.config is not None
+        if self.config.get("optimized_metric") is not None:
+            raise SweepRefused(
+                "hydra.sweeper.direction: a list of directions needs a task function that "
+                "returns a value for each; looplab-train returns one optimized_metric: give "
+                "one direction (or none: the metric's own)"
+            )
+        if not self._pruner_config()["_target_"].endswith("NopPruner"):
+            raise SweepRefused(
+                "hydra/sweeper/pruner: Optuna cannot prune a multi-objective search "
+                f"(direction: {list(asked)}); choose hydra/sweeper/pruner=none"
+            )
+        return [str(direction) for direction in asked]
+
     @staticmethod
     def _resume(study: Any) -> int:
         """The trials a killed launch left running: failed, and asked again first (with the
@@ -200,11 +242,12 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         name = study_name(self.settings, arguments)
         storage = self._storage(name)
         pruner = self._pruner_config()
+        directions = self._directions()
         study = optuna.create_study(
             study_name=name,
             storage=storage,
             load_if_exists=True,
-            direction=self._direction(),
+            directions=directions,
             sampler=self._sampler(space, 0),
         )
         if study.trials:  # a relaunch: not the first launch's draws again
@@ -229,8 +272,8 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             jobs = {first + i: trial.number for i, trial in enumerate(trials)}
             write_trials(sweep_dir, name, storage, pruner, jobs)
             returns = self.launch(overrides, first)
-            for trial, job in zip(trials, returns, strict=True):
-                value = objective(job)
+            outcomes = [objective(job, len(directions)) for job in returns]
+            for trial, value in zip(trials, outcomes, strict=True):
                 if value is None:
                     tell(study, trial, state=optuna.trial.TrialState.FAIL)
                 elif PRUNED_AT in study.trials[trial.number].user_attrs:
@@ -238,7 +281,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                 else:
                     tell(study, trial, values=value)
             done += len(trials)
-            failed += sum(objective(job) is None for job in returns)
+            failed += sum(value is None for value in outcomes)
             launched += len(trials)
             self.raise_failed(returns)  # any app but looplab's: told to the study, then raised
             rate = float(self.settings.get("max_failure_rate", 1.0))
@@ -250,14 +293,16 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                 break
         states = Counter(t.state.name.lower() for t in study.trials)
         print(f"study {name}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+        if len(directions) > 1:
+            self._pareto_front(study, name, sweep_dir)
         # Complete and finite only: a pruned trial's value is of an earlier epoch, and a
         # study begun before failed jobs were FAIL trials holds +inf.
         finished = [
             t
             for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)
+            if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.values[0])
         ]
-        if finished:
+        if finished and len(directions) == 1:
             best = min(
                 finished, key=lambda t: t.value if study.direction.name == "MINIMIZE" else -t.value
             )
@@ -270,4 +315,18 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         OmegaConf.save(
             {"study": name, "storage": storage, "trials": len(study.trials)},
             sweep_dir / "optuna.yaml",
+        )
+
+    @staticmethod
+    def _pareto_front(study: Any, name: str, sweep_dir: Path) -> None:
+        """A multi-objective study's best trials (its Pareto front), printed and written as
+        hydra-optuna-sweeper writes them (`solutions` in optimization_results.yaml)."""
+        front = study.best_trials
+        print(f"study {name}: {len(front)} trial(s) on the Pareto front")
+        for trial in front:
+            shown = " ".join(f"{k}={v}" for k, v in trial.params.items())
+            print(f"  #{trial.number} {shown}: {', '.join(f'{v:.6g}' for v in trial.values)}")
+        solutions = [{"params": t.params, "values": t.values} for t in front]
+        OmegaConf.save(
+            {"name": "optuna", "solutions": solutions}, sweep_dir / "optimization_results.yaml"
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from looplab.core.errors import LooplabError
@@ -73,6 +74,9 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_missing_optuna(str(config.hydra.sweeper.get("_target_", "")))
+        sweeper = get_class(str(config.hydra.sweeper._target_))
+        if hasattr(sweeper, "check_search"):  # looplab's Optuna sweeper: its own refusals
+            sweeper.check_search(config)
         lines = sweep_overrides(config)
         target = str(config.hydra.sweeper.get("_target_", ""))
         search = "optuna" in target.lower()  # samples its jobs; a grid runs every combination
