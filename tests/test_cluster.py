@@ -239,3 +239,28 @@ def test_a_launcher_from_a_missing_extra_names_the_extra(run_cli, tmp_path) -> N
         "looplab-train: error: hydra/launcher=ray needs the ray extra: make setup-ray "
         "(docs/scaling.md)"
     )
+
+
+PARALLEL = [
+    pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"], id="joblib"),
+    pytest.param(["hydra/launcher=submitit_local"], marks=needs_submitit, id="submitit_local"),
+    pytest.param(["hydra/launcher=ray"], marks=needs_ray, id="ray"),
+]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="the search extra")
+@pytest.mark.parametrize("launcher", PARALLEL)
+def test_trials_launched_in_parallel_prune_through_one_study(run_cli, tmp_path, launcher) -> None:
+    """A pruned search whose trials run four at a time, each in a process of the launcher's.
+    Faults: a trial there cannot reach the study (no intermediate values, nothing pruned),
+    or prunes against only its own reports, or the sweeper never learns it was pruned."""
+    from test_pruning import searched, study_of
+
+    parallel = (*launcher, "hydra.sweeper.n_jobs=4", "hydra.sweeper.pruner.n_startup_trials=4")
+    searched(run_cli, *parallel)
+    study = study_of(tmp_path)
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    first, second = study.trials[:4], study.trials[4:]
+    # the first batch ran with no trial complete: nothing to compare against
+    assert all(t.state.name == "COMPLETE" for t in first)
+    assert any(t.state.name == "PRUNED" for t in second), [t.state.name for t in second]

@@ -93,20 +93,6 @@ def test_a_pruned_trial_stops_at_its_epoch_is_told_pruned_and_its_run_says_where
     assert [t.params["train.lr"] for t in study.trials[:3]] == asked
 
 
-def test_trials_launched_in_parallel_report_to_one_study(run_cli, tmp_path) -> None:
-    """With hydra/launcher=joblib, each trial is another process. Faults: a worker's trial
-    cannot reach the study (no intermediate values, nothing pruned), or prunes against
-    only its own reports."""
-    launcher = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "hydra.sweeper.n_jobs=4")
-    searched(run_cli, *launcher, "hydra.sweeper.pruner.n_startup_trials=4")
-    study = study_of(tmp_path)
-    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
-    first, second = study.trials[:4], study.trials[4:]
-    # the first batch ran with no trial complete: nothing to compare against
-    assert all(t.state.name == "COMPLETE" for t in first)
-    assert any(t.state.name == "PRUNED" for t in second), [t.state.name for t in second]
-
-
 @pytest.mark.parametrize(
     ("overrides", "said"),
     [
