@@ -11,7 +11,13 @@ import pytest
 from conftest import store_uri
 
 from looplab.core.errors import ConfigError
-from looplab.core.objective import best_metrics, check_metric, direction_for, direction_of
+from looplab.core.objective import (
+    Objective,
+    best_metrics,
+    check_metric,
+    direction_for,
+    direction_of,
+)
 from looplab.core.schema import plain_config
 from looplab.core.validate import validate
 from looplab.run.execute import execute
@@ -65,7 +71,9 @@ def test_a_run_that_did_not_finish_scores_the_worst_value_for_its_direction(
     )
     result = execute(cfg, tmp_path / "run")
     assert result.status == "FAILED"
-    assert result.objective(metric, direction) == worst
+    assert result.objective(Objective.of(metric, direction)) == worst
+    both = Objective.of(["val_loss", metric], [direction, direction])
+    assert result.objective(both) == [worst, worst]  # a multi-objective search's job
 
 
 @pytest.mark.slow

@@ -98,7 +98,7 @@ def test_a_pruned_trial_stops_at_its_epoch_is_told_pruned_and_its_run_says_where
     [
         (("hydra/sweeper/sampler=grid",), "sampler=grid: train.lr is an interval"),
         (("hydra/sweeper/sampler=cmaes",), "sampler=cmaes needs the cmaes package"),
-        (("hydra.sweeper.direction=[minimize,maximize]",), "a list of directions needs"),
+        (("hydra.sweeper.direction=[minimize,maximize]",), "2 directions for 1 optimized_metric"),
     ],
 )
 def test_a_search_it_cannot_run_is_refused_in_one_line_before_anything_is_written(
@@ -106,7 +106,7 @@ def test_a_search_it_cannot_run_is_refused_in_one_line_before_anything_is_writte
 ) -> None:
     """Faults: a traceback (GridSampler cannot enumerate an interval; CmaEsSampler finds
     out at its first trial that `cmaes` is missing; looplab-train returns one value to a
-    multi-objective study), or a parent run, a store or a sweep folder left behind."""
+    study of two directions), or a parent run, a store or a sweep folder left behind."""
     if "cmaes" in said and importlib.util.find_spec("cmaes") is not None:
         pytest.skip("cmaes is installed here")
     done = run_cli("-m", "hparams_search=optuna", *overrides)
@@ -133,3 +133,25 @@ def test_a_grid_sampler_runs_each_combination_once(run_cli, tmp_path) -> None:
     trials = study_of(tmp_path).trials
     combos = {(t.params["train.lr"], t.params["model.width"], t.params["update"]) for t in trials}
     assert len(trials) == len(combos) == 8
+
+
+def test_a_list_of_metrics_is_a_multi_objective_search(run_cli, tmp_path) -> None:
+    """Faults: `optimized_metric` as a list refused, or its jobs returning one value (the
+    study told a pair it cannot take, every trial FAIL); the directions not each metric's
+    own (val_accuracy minimised); the values not the runs' final metrics."""
+    done = run_cli(
+        "-m",
+        "hparams_search=optuna",
+        "optimized_metric=[val_loss,val_accuracy]",
+        "hydra.sweeper.n_trials=3",
+        "train.epochs=3",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    study = study_of(tmp_path)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    client, _, children = children_of(tmp_path)
+    for trial, run in zip(study.trials, children, strict=True):
+        assert trial.state.name == "COMPLETE"
+        assert trial.values == [run.data.metrics["val_loss"], run.data.metrics["val_accuracy"]]
+    assert "on the Pareto front" in done.stdout

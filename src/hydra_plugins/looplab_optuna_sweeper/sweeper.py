@@ -28,7 +28,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from hydra_plugins.looplab_optuna_sweeper.config import LooplabOptunaSweeperConf
-from looplab.core.objective import direction_for
+from looplab.core.errors import LooplabError
+from looplab.core.objective import Objective
 from looplab.launch.sweep import SweepRefused, search_identity
 from looplab.launch.sweeper import LaunchingSweeper
 from looplab.launch.trials import PRUNED_AT, write_trials
@@ -187,34 +188,29 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         (folder / "optuna").mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(folder / 'optuna' / f'{study_name}.db').resolve()}"
 
-    def _direction(self) -> str:
-        """`direction`, else the direction of looplab's `optimized_metric` (any other app:
-        minimize, as Hydra's Optuna sweeper)."""
-        assert self.config is not None
-        metric = self.config.get("optimized_metric")
-        if metric is None:
-            return str(self.settings.get("direction") or "minimize")
-        return direction_for(str(metric), self.settings.get("direction"))
-
     def _directions(self) -> list[str]:
-        """One direction (`_direction`), or the list `direction` gives for a multi-objective
-        search, whose jobs return one value for each; Optuna prunes no such study."""
-        asked = self.settings.get("direction")
-        if not isinstance(asked, list | ListConfig):
-            return [self._direction()]
+        """`direction`: one, or a list for a multi-objective search (whose jobs return a
+        value for each; Optuna prunes no such study). Unsaid, looplab's `optimized_metric`
+        says them (accuracy maximised, losses minimised; a list of metrics, one each); any
+        other app minimises, as under Hydra's Optuna sweeper."""
         assert self.config is not None
-        if self.config.get("optimized_metric") is not None:
-            raise SweepRefused(
-                "hydra.sweeper.direction: a list of directions needs a task function that "
-                "returns a value for each; looplab-train returns one optimized_metric: give "
-                "one direction (or none: the metric's own)"
-            )
-        if not self._pruner_config()["_target_"].endswith("NopPruner"):
+        asked = self.settings.get("direction")
+        metric = self.config.get("optimized_metric")
+        if metric is not None:
+            try:
+                directions = list(Objective.of(metric, asked).directions)
+            except LooplabError as error:
+                raise SweepRefused(str(error)) from None
+        elif isinstance(asked, list | ListConfig):
+            directions = [str(direction) for direction in asked]
+        else:
+            directions = [str(asked or "minimize")]
+        if len(directions) > 1 and not self._pruner_config()["_target_"].endswith("NopPruner"):
             raise SweepRefused(
                 "hydra/sweeper/pruner: Optuna cannot prune a multi-objective search "
-                f"(direction: {list(asked)}); choose hydra/sweeper/pruner=none"
+                f"(direction: {directions}); choose hydra/sweeper/pruner=none"
             )
-        return [str(direction) for direction in asked]
+        return directions
 
     @staticmethod
     def _resume(study: Any) -> int:

@@ -23,7 +23,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from looplab.core.errors import LooplabError
-from looplab.core.objective import direction_for
+from looplab.core.objective import Objective
 from looplab.core.schema import plain_config
 from looplab.launch.jobs import DONE, JobRecord, read_job_records, sweep_id
 from looplab.launch.schema import searched
@@ -137,6 +137,8 @@ class SweepCallback(Callback):
             _print_summary(records, None, None, None, stopped_by)
         else:
             settings = plain_config(job_part(config))
+            asked = OmegaConf.select(config, "hydra.sweeper.direction")
+            objective = Objective.of(settings.optimized_metric, asked)  # its first metric
             self._end_parent(
                 records,
                 sweep_dir,
@@ -144,10 +146,8 @@ class SweepCallback(Callback):
                 settings.tracking.experiment,
                 stopped_by,
                 settings.tracking.log_model == "best",
-                direction_for(
-                    settings.optimized_metric, OmegaConf.select(config, "hydra.sweeper.direction")
-                ),
-                settings.optimized_metric,
+                objective.direction,
+                objective.metric,
             )
         return [r for r in records if r.status not in DONE]
 

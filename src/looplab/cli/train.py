@@ -39,7 +39,7 @@ from looplab.core.errors import (
     LooplabError,
     Terminated,
 )
-from looplab.core.objective import direction_for, value_of, worst
+from looplab.core.objective import Objective
 from looplab.core.paths import config_dir
 from looplab.core.schema import plain_config
 from looplab.core.signals import ALL_STOPS, WARNINGS, stops_raise, while_closing
@@ -146,7 +146,7 @@ def launcher_cpus(hydra_config: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 @records_its_jobs  # looplab's sweepers: every job leaves a record; a failed one never raises
-def train_job(cfg: DictConfig) -> float:
+def train_job(cfg: DictConfig) -> float | list[float]:
     """Run one job; return its `optimized_metric` (the final val_loss by default), the value
     a sweeper optimises: the worst for its direction for a job that did not finish, which
     looplab's Optuna sweeper counts a failed trial.
@@ -166,8 +166,9 @@ def train_job(cfg: DictConfig) -> float:
     name = ""
     tracker: Tracker | None = None
     runs_before = 0
-    metric, direction = objective_of(cfg, hydra_config)
+    objective = Objective.of("val_loss")  # until the config's own is read
     try:
+        objective = objective_of(cfg, hydra_config)
         plain = plain_config(cfg)
         validate(plain)
         parts = parts_of(plain)
@@ -198,11 +199,11 @@ def train_job(cfg: DictConfig) -> float:
         resume = checkpoint_here(output_dir)
         if resume is None and plain.tracking.skip_finished and tracker is not None:
             digests = run_digests(plain, parts)
-            skipped = skip_if_finished(plain, tracker, job, name, digests, direction)
+            skipped = skip_if_finished(tracker, job, name, digests, objective)
             if skipped is not None:
                 return skipped
             resume = stopped_runs_checkpoint(tracker, digests)
-        pruning = pruning_for(job, metric, direction) if job is not None else None
+        pruning = pruning_for(job, objective) if job is not None else None
         result = execute(
             plain,
             output_dir,
@@ -227,13 +228,13 @@ def train_job(cfg: DictConfig) -> float:
         message = str(error) if isinstance(error, LooplabError) else describe(error)
         if job is None:
             _fail(message)
-        return _job_failed(job, name, message, worst(direction))
+        return _job_failed(job, name, message, objective.worst())
     except Exception as error:  # a bug mid-run: the run is FAILED in the store already
         if job is None or os.environ.get(USER_FULL_ERROR) == "1":
             raise
         tracked = tracker is not None and tracker.runs_started > runs_before
         message = f"{type(error).__name__}: {error}"
-        return _job_failed(job, name, message, worst(direction), True, tracked)
+        return _job_failed(job, name, message, objective.worst(), True, tracked)
     print_warning(result, output_dir)
     if job is not None:
         tracked = tracker is not None and tracker.runs_started > runs_before
@@ -254,14 +255,14 @@ def train_job(cfg: DictConfig) -> float:
         sys.exit(result.exit_code)
     if result.error:  # a diverged job in a sweep: reported, and the sweep goes on
         print(f"looplab-train: job {job.num if job else 0}: {result.error}", file=sys.stderr)
-    return result.objective(metric, direction)
+    return result.objective(objective)
 
 
-def objective_of(cfg: DictConfig, hydra_config: DictConfig) -> tuple[str, str]:
-    """`optimized_metric` and its direction: the sweeper's `direction` when it has one,
-    else the metric's own (core/objective.py)."""
-    metric = str(cfg.get("optimized_metric") or "val_loss")
-    return metric, direction_for(metric, OmegaConf.select(hydra_config, "sweeper.direction"))
+def objective_of(cfg: DictConfig, hydra_config: DictConfig) -> Objective:
+    """`optimized_metric` and its directions: the sweeper's `direction` when it has them,
+    else each metric's own (core/objective.py)."""
+    asked = OmegaConf.select(hydra_config, "sweeper.direction")
+    return Objective.of(cfg.get("optimized_metric"), asked)
 
 
 def note_declared_sweep(hydra_config: DictConfig) -> None:
@@ -327,13 +328,12 @@ def run_digests(plain: DictConfig, parts: Parts) -> tuple[str, str]:
 
 
 def skip_if_finished(
-    plain: DictConfig,
     tracker: Tracker,
     job: SweepJob | None,
     name: str,
     digests: tuple[str, str],
-    direction: str,
-) -> float | None:
+    objective: Objective,
+) -> float | list[float] | None:
     """With `tracking.skip_finished=true`: when a FINISHED run of the experiment trained the
     same config (less where it is recorded) on the same data (by digest), say so, record the
     job as SKIPPED and return that run's `optimized_metric`; else None, and the job trains.
@@ -348,19 +348,20 @@ def skip_if_finished(
     if job is not None:
         job.record(name, "SKIPPED", run_id=run_id, metrics=metrics)
     tracker.release()
-    return value_of(plain.optimized_metric, metrics, direction)
+    return objective.value(metrics)
 
 
 def _job_failed(
     job: SweepJob,
     name: str,
     message: str,
-    score: float,
+    score: float | list[float],
     run_started: bool = False,
     tracked: bool = False,
-) -> float:
+) -> float | list[float]:
     """Report a sweep job that failed in one line, record it, and let the sweep go on; it
-    scores `score`, the worst value for the sweep's direction."""
+    scores `score`, the worst value for the sweep's direction (for each, in a
+    multi-objective search)."""
     when = "" if run_started else " before training"
     print(f"looplab-train: job {job.num} {name}: failed{when}: {message}", file=sys.stderr)
     job.record(name or f"job {job.num}", "FAILED", tracked=tracked, error=message)

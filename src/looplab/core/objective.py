@@ -11,7 +11,8 @@ metric's last value, can sort runs by their best.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from looplab.core.errors import ConfigError
 
@@ -71,6 +72,59 @@ def value_of(metric: str, final: dict[str, float], direction: str) -> float:
     value when it has none, or none that is finite."""
     value = final.get(metric, math.nan)
     return value if math.isfinite(value) else worst(direction)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """`optimized_metric`, one metric or a list of them (a multi-objective search, whose
+    jobs return a value for each), with each one's direction. The first metric is the one
+    that names a sweep's best child and that early stopping and pruning follow."""
+
+    metrics: tuple[str, ...]
+    directions: tuple[str, ...]
+
+    @classmethod
+    def of(cls, optimized_metric: object, asked: object = None) -> Objective:
+        """From the config's `optimized_metric` and the sweeper's `direction` (one, a list
+        as long as the metrics, or none: each metric's own)."""
+        metrics = _listed(optimized_metric) or ["val_loss"]
+        asks = None if asked is None or isinstance(asked, str) else _listed(asked)
+        if asks is not None and len(asks) != len(metrics):
+            raise ConfigError(
+                f"hydra.sweeper.direction: {len(asks)} directions for {len(metrics)} "
+                f"optimized_metric(s) ({', '.join(metrics)}); give one for each"
+            )
+        directions = [
+            direction_for(m, asks[i] if asks is not None else asked) for i, m in enumerate(metrics)
+        ]
+        return cls(tuple(metrics), tuple(directions))
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def direction(self) -> str:
+        return self.directions[0]
+
+    def returned(self, values: Sequence[float]) -> float | list[float]:
+        """What a job hands its sweeper: one number, or a list for a multi-objective study."""
+        return values[0] if len(values) == 1 else list(values)
+
+    def worst(self) -> float | list[float]:
+        return self.returned([worst(direction) for direction in self.directions])
+
+    def value(self, final: dict[str, float]) -> float | list[float]:
+        pairs = zip(self.metrics, self.directions, strict=True)
+        return self.returned([value_of(metric, final, d) for metric, d in pairs])
+
+
+def _listed(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return [str(value)]
+    return [str(item) for item in value]
 
 
 def is_better(value: float, than: float, direction: str) -> bool:

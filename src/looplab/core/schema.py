@@ -205,8 +205,8 @@ class LooplabConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 42
     # What a job returns to a sweeper: a metric the run logs, final (`val_loss`) or best
-    # (`val_loss_best`); core/objective.py
-    optimized_metric: str = "val_loss"
+    # (`val_loss_best`), or a list of them for a multi-objective search; core/objective.py
+    optimized_metric: Any = "val_loss"
 
 
 # The schema of each node typed Any above when it names no `_target_`.

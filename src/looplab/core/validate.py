@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 from omegaconf import DictConfig
 
 from looplab.core.errors import ConfigError
-from looplab.core.objective import BEST, METRICS, base_metric
+from looplab.core.objective import BEST, METRICS, Objective, base_metric
 from looplab.core.schema import (
     Impl,
     LooplabConfig,
@@ -145,12 +145,13 @@ def validate(cfg: DictConfig) -> None:
         _require(
             early.min_delta >= 0, "train.early_stop.min_delta", early.min_delta, "it must be >= 0"
         )
-    metric = cfg.get("optimized_metric", "val_loss")
+    metrics = Objective.of(cfg.get("optimized_metric", "val_loss")).metrics
     _require(
-        base_metric(metric) in METRICS,
+        all(base_metric(metric) in METRICS for metric in metrics),
         "optimized_metric",
-        metric,
-        f"it must be one of {', '.join(METRICS)}, each final or with {BEST} (its best value)",
+        cfg.get("optimized_metric"),
+        f"it must be one of {', '.join(METRICS)}, each final or with {BEST} (its best value), "
+        "or a list of them",
     )
     checkpoint = cfg.get("checkpoint")
     if checkpoint is not None:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from looplab.core.objective import BEST, base_metric
+from looplab.core.objective import BEST, Objective, base_metric
 from looplab.launch.jobs import SweepJob
 from looplab.run import tags as tag
 from looplab.run.early_stop import EndedEarly
@@ -40,7 +40,7 @@ def write_trials(
     partial.replace(sweep_dir / TRIALS_FILE)
 
 
-def pruning_for(job: SweepJob, metric: str, direction: str) -> Pruning | None:
+def pruning_for(job: SweepJob, objective: Objective) -> Pruning | None:
     """The pruning callback of a job that is a trial under a pruner; else None (a grid's job,
     a search without a pruner)."""
     path = job.sweep_dir / TRIALS_FILE
@@ -58,7 +58,7 @@ def pruning_for(job: SweepJob, metric: str, direction: str) -> Pruning | None:
         study_name=plan["study"], storage=plan["storage"], pruner=instantiate(plan["pruner"])
     )
     trial_id = study.trials[trial_number]._trial_id  # Optuna names a trial by its id
-    return Pruning(optuna.trial.Trial(study, trial_id), metric, direction)
+    return Pruning(optuna.trial.Trial(study, trial_id), objective.metric, objective.direction)
 
 
 class Pruned(EndedEarly):

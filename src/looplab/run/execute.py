@@ -25,7 +25,7 @@ from looplab.core.errors import (
     Terminated,
 )
 from looplab.core.loop import EpochResult, Progress
-from looplab.core.objective import best_metrics, check_metric, value_of, worst
+from looplab.core.objective import Objective, best_metrics, check_metric
 from looplab.core.paths import shown
 from looplab.core.schema import update_name
 from looplab.core.signals import StopsBetweenSteps, stops_raise, while_closing
@@ -42,6 +42,7 @@ from looplab.run.records import dataset_input, describe_data, environment_tags, 
 from looplab.run.reporting import ConsoleReport, MetricsCsv
 
 log = logging.getLogger("looplab")
+VAL_LOSS = Objective.of("val_loss")  # optimized_metric's default
 
 
 @dataclass
@@ -69,13 +70,11 @@ class RunResult:
     def epochs(self) -> list[tuple[int, dict[str, float]]]:
         return [(r.epoch, r.metrics) for r in self.history]
 
-    def objective(self, metric: str = "val_loss", direction: str = "minimize") -> float:
-        """What a job returns to its sweeper (`optimized_metric`); the worst value for the
-        direction when the run did not finish, which looplab's Optuna sweeper tells its
-        study as a failed trial (never NaN)."""
-        if self.status != "FINISHED":
-            return worst(direction)
-        return value_of(metric, self.final(), direction)
+    def objective(self, objective: Objective = VAL_LOSS) -> float | list[float]:
+        """What a job returns to its sweeper (`optimized_metric`: a value, or one for each
+        metric of a list); the worst values for the directions when the run did not finish,
+        which looplab's Optuna sweeper tells its study as a failed trial (never NaN)."""
+        return objective.value(self.final()) if self.status == "FINISHED" else objective.worst()
 
 
 def execute(
@@ -157,13 +156,14 @@ def _execute(
     )  # fmt: skip
     early = cfg.train.get("early_stop") or {}
     early_stop = None
-    if early.get("patience"):
-        metric = cfg.get("optimized_metric", "val_loss")
+    if early.get("patience"):  # on the first optimized_metric
+        metric = Objective.of(cfg.get("optimized_metric")).metric
         early_stop = EarlyStop(ready.model, metric, early.patience, early.min_delta)
         taker.callbacks["early_stop"] = early_stop
     checkpoints = Checkpoints(cfg, taker, output_dir, tracker)
     logged = ["train_loss", "val_loss", ready.quality_name]
-    check_metric(cfg.get("optimized_metric", "val_loss"), logged)
+    for metric in Objective.of(cfg.get("optimized_metric")).metrics:
+        check_metric(metric, logged)
     if resume is not None:  # refused before anything is written or recorded
         check_fits(resume, taker.config_digest, taker.data_digest, ready.device.type)
         restore(resume, taker, ready.device)
