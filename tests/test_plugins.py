@@ -52,6 +52,8 @@ PAIRS = [
     pytest.param("looplab", [], id="looplab_launcher+basic_sweeper"),
     pytest.param("basic", ["hydra/sweeper=looplab_grid"], id="basic_launcher+looplab_grid"),
     pytest.param("looplab", ["hydra/sweeper=looplab_grid"], id="looplab_launcher+looplab_grid"),
+    # another app's jobs: run as looplab's launcher runs them (nothing of looplab's to stack)
+    pytest.param("stacked", ["hydra/sweeper=looplab_grid"], id="stacked_launcher+looplab_grid"),
 ]
 
 

@@ -150,7 +150,7 @@ def test_a_list_of_metrics_is_a_multi_objective_search(run_cli, tmp_path) -> Non
     assert done.returncode == 0, done.stderr
     study = study_of(tmp_path)
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
-    client, _, children = children_of(tmp_path)
+    _, _, children = children_of(tmp_path)
     for trial, run in zip(study.trials, children, strict=True):
         assert trial.state.name == "COMPLETE"
         assert trial.values == [run.data.metrics["val_loss"], run.data.metrics["val_accuracy"]]

@@ -4,6 +4,9 @@ numbers it gives alone (issue #21's engine)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +113,123 @@ def test_members_of_other_shapes_are_refused(make_config) -> None:
     wide = member(make_config("model.width=16"))
     with pytest.raises(ValueError, match="share their network's and data's shapes"):
         fit_stacked([narrow, wide], epochs=1)
+
+
+# --- hydra/launcher=stacked, as a user types it --------------------------------------------
+
+
+def swept(run_cli, folder, *overrides: str, timeout: float = 300):
+    folder.mkdir()
+    return run_cli("-m", *overrides, cwd=folder, timeout=timeout)
+
+
+def job_curves(folder) -> dict[int, list[dict[str, float]]]:
+    """Each job's metrics.csv, by job number (the timestamps left out)."""
+    import csv
+
+    (sweep,) = folder.glob("outputs/sweeps/*/*")
+    curves = {}
+    for path in sweep.glob("*/metrics.csv"):
+        rows = list(csv.DictReader(path.open()))
+        curves[int(path.parent.name)] = [
+            {k: float(v) for k, v in row.items() if k != "timestamp_ms"} for row in rows
+        ]
+    return curves
+
+
+@pytest.mark.slow
+def test_a_stacked_sweep_is_the_sequential_sweep_job_for_job(run_cli, tmp_path) -> None:
+    """float64, mini-batches, sgd. Faults: a stacked job's curve or weights not its own
+    (within 1e-9 of the same job on looplab's launcher); a job without its folder, files,
+    child run, params or closing line; no tag saying it was stacked; a job of another width
+    stacked with the others, or left out without a word."""
+    from conftest import store_uri
+    from test_sweep import sweep_runs
+
+    sweep = (
+        "seed=1,2", "train.lr=0.05,0.2", "model.width=8", "update=sgd", "train.momentum=0.9",
+        "train.batch_size=64", "train.epochs=5", "train.dtype=float64", "train.print_every=0",
+    )  # fmt: skip
+    plain = swept(run_cli, tmp_path / "plain", *sweep)
+    assert plain.returncode == 0, plain.stderr
+    stacked = swept(run_cli, tmp_path / "stacked", "hydra/launcher=stacked", *sweep)
+    assert stacked.returncode == 0, stacked.stderr
+    assert "stacked: jobs #0, #1, #2, #3 trained as one stack of 4" in stacked.stdout
+    expected, got = job_curves(tmp_path / "plain"), job_curves(tmp_path / "stacked")
+    assert sorted(got) == sorted(expected) == [0, 1, 2, 3]
+    for num in expected:
+        assert_close(got[num], expected[num])
+    _, parent, children = sweep_runs(store_uri(tmp_path / "stacked"))
+    _, _, alone_children = sweep_runs(store_uri(tmp_path / "plain"))
+    assert parent.data.tags["looplab.jobs_finished"] == "4"
+    for num, run in children.items():
+        twin = alone_children[num]
+        assert run.info.status == "FINISHED" and run.info.run_name == twin.info.run_name
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["looplab.stack_size"] == "4"
+        differs = {k for k in run.data.params if run.data.params[k] != twin.data.params.get(k)}
+        assert differs == {"tracking.uri"}, differs  # each sweep's own store
+        folder = Path(run.data.tags["looplab.run_dir"])
+        for name in (".hydra/config.yaml", "config.yaml", "preprocessing.json", "record.json"):
+            assert (folder / name).is_file(), name
+        mine = torch.load(folder / "model.pt", weights_only=True)
+        theirs = torch.load(Path(twin.data.tags["looplab.run_dir"]) / "model.pt", weights_only=True)
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], rtol=1e-9, atol=1e-12), key
+        assert f"[job {num}] {run.info.run_name}: FINISHED after 5 epochs" in stacked.stdout
+
+    mixed = swept(
+        run_cli, tmp_path / "mixed", "hydra/launcher=stacked", "model.width=8,16",
+        "seed=1,2", "train.epochs=2",
+    )  # fmt: skip
+    assert mixed.returncode == 0, mixed.stderr
+    assert "stacked: jobs #0, #1 trained as one stack of 2" in mixed.stdout
+    assert "stacked: jobs #2, #3 trained as one stack of 2" in mixed.stdout
+    lonely = swept(run_cli, tmp_path / "lonely", "hydra/launcher=stacked", "model.width=8,16")
+    assert lonely.returncode == 0, lonely.stderr
+    assert "[job 0] trained alone: no other job of its batch has its shapes" in lonely.stdout
+
+
+@pytest.mark.slow
+def test_a_diverging_member_of_a_stacked_sweep_fails_alone(run_cli, tmp_path) -> None:
+    """Faults: the diverged job's NaN reaching the rest of its stack, the sweep stopping,
+    or the job not FAILED at its epoch as it would be on looplab's launcher."""
+    sweep = (
+        "dataset=diabetes", "train.lr=0.05,1e200,0.1", "train.epochs=5", "train.print_every=0",
+        "train.dtype=float64",
+    )  # fmt: skip
+    plain = swept(run_cli, tmp_path / "plain", *sweep)
+    stacked = swept(run_cli, tmp_path / "stacked", "hydra/launcher=stacked", *sweep)
+    assert plain.returncode == stacked.returncode == 1
+    assert stacked.stderr.strip().splitlines()[-1] == (
+        "looplab-train: error: 1 job(s) of the sweep failed: #1 lr=1e+200"
+    )
+    expected, got = job_curves(tmp_path / "plain"), job_curves(tmp_path / "stacked")
+    assert got.keys() == expected.keys()
+    for num in expected:
+        assert_close(got[num], expected[num])
+
+
+@pytest.mark.slow
+def test_reproduce_reruns_a_stacked_child_alone_within_the_stacks_tolerance(
+    run_cli, tmp_path
+) -> None:
+    """Faults: a stacked child's rerun compared bitwise (NOT reproduced, over the rounding
+    of batched arithmetic), or compared without saying why not bitwise."""
+    from conftest import store_uri
+    from test_sweep import sweep_runs
+
+    done = run_cli(
+        "-m", "hydra/launcher=stacked", "dataset=digits", "model.width=32", "train.epochs=20",
+        "train.batch_size=64", "train.lr=0.05,0.1", "update=sgd", "train.momentum=0.9",
+        "train.print_every=0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _, _, children = sweep_runs(store_uri(tmp_path))
+    again = subprocess.run(
+        [str(Path(sys.executable).parent / "looplab"), "reproduce", children[1].info.run_id],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "trained in a stack of 2 (hydra/launcher=stacked)" in again.stdout
+    assert "identical within 0.001 (relative)" in again.stdout

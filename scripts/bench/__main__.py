@@ -33,6 +33,7 @@ GROUPS = (
     "sweep",
     "checkpoint",
     "pruning",
+    "stacked",
     "scaling",
     "cuda",
 )

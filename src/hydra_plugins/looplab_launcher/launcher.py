@@ -75,19 +75,34 @@ class LooplabLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        assert self.config is not None and self.hydra_context is not None
-        assert self.task_function is not None
+        return self.run_jobs(self.job_configs(job_overrides, initial_job_idx))
+
+    def job_configs(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> list[DictConfig]:
+        """Each job's config, numbered from `initial_job_idx`."""
+        assert self.config is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs locally")
-        returns: list[JobReturn] = []
+        configs = []
         for num, overrides in enumerate(job_overrides, initial_job_idx):
-            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
             config = self.job_config(list(overrides))
             with open_dict(config):
                 config.hydra.job.id = num
                 config.hydra.job.num = num
+            configs.append(config)
+        return configs
+
+    def run_jobs(self, configs: Sequence[DictConfig]) -> list[JobReturn]:
+        """Run each job, here, one after another, as Hydra's basic launcher does."""
+        assert self.config is not None and self.hydra_context is not None
+        assert self.task_function is not None
+        log.info(f"Launching {len(configs)} jobs locally")
+        returns: list[JobReturn] = []
+        for config in configs:
+            shown = " ".join(filter_overrides(list(config.hydra.overrides.task)))
+            log.info(f"\t#{config.hydra.job.num} : {shown}")
             returns.append(
                 run_job(
                     hydra_context=self.hydra_context,

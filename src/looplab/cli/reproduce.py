@@ -34,7 +34,7 @@ from looplab.cli.differences import (
     text_table,
 )
 from looplab.core.errors import EXIT_FAILED, TrackingError
-from looplab.run.tags import CHOICES, CODE, OVERRIDES, ROLE, RUN_NAME
+from looplab.run.tags import CHOICES, CODE, OVERRIDES, ROLE, RUN_NAME, STACK_SIZE
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -134,10 +134,28 @@ def reproduce_command(args: argparse.Namespace) -> int:
         )
         return exit_code
     reproduced = records.histories(uri, new)
-    differences = compare_histories(records.histories(uri, original), reproduced, args.tolerance)
+    tolerance = args.tolerance or stacked_tolerance(original, cfg)
+    differences = compare_histories(records.histories(uri, original), reproduced, tolerance)
     epochs = max((len(points) for points in reproduced.values()), default=0)
-    print(report(original, new, differences, edited, args.tolerance, epochs))
+    print(report(original, new, differences, edited, tolerance, epochs))
     return EXIT_FAILED if differences or new.info.status != original.info.status else 0
+
+
+def stacked_tolerance(run: Run, cfg: DictConfig) -> float:
+    """0 (bitwise), unless the run was trained in a stack (hydra/launcher=stacked): it is
+    rerun alone, whose batched arithmetic rounded otherwise; then its dtype's tolerance."""
+    from looplab.launch.stacks import TOLERANCE
+
+    size = run.data.tags.get(STACK_SIZE)
+    if not size:
+        return 0.0
+    tolerance = TOLERANCE[str(cfg.train.dtype)]
+    print(
+        f"run {run.info.run_id} was trained in a stack of {size} (hydra/launcher=stacked); "
+        f"rerun alone, it is compared within {tolerance:g} (relative), what batched "
+        f"arithmetic in {cfg.train.dtype} may differ by"
+    )
+    return tolerance
 
 
 def note_changed_code(run: Run, cfg: DictConfig) -> None:

@@ -47,6 +47,7 @@ from looplab.core.validate import validate
 from looplab.launch.jobs import SweepJob, records_its_jobs
 from looplab.launch.parts import parts_of
 from looplab.launch.schema import baseline, register
+from looplab.launch.stacks import StackedRuns
 from looplab.launch.sweep import SweepFailed, SweepRefused
 from looplab.launch.trials import pruning_for
 from looplab.launch.wording import describe
@@ -203,7 +204,10 @@ def train_job(cfg: DictConfig) -> float | list[float]:
             if skipped is not None:
                 return skipped
             resume = stopped_runs_checkpoint(tracker, digests)
-        pruning = pruning_for(job, objective) if job is not None else None
+        trained = StackedRuns.here().take(job) if job is not None else None
+        if trained is not None:  # hydra/launcher=stacked trained it: its pruning is done
+            tags[tag.STACK_SIZE] = str(trained.stack_size)
+        pruning = pruning_for(job, objective) if job is not None and not trained else None
         result = execute(
             plain,
             output_dir,
@@ -220,6 +224,7 @@ def train_job(cfg: DictConfig) -> float | list[float]:
             or (plain.tracking.log_model == "best" and job is None),
             resume=resume,
             judges=[pruning] if pruning is not None else [],
+            trained=trained,
         )
     except (LooplabError, OmegaConfBaseException) as error:
         _discard_unstarted(output_dir, hydra_config.job.name)

@@ -186,3 +186,30 @@ def fit_stacked(members: Sequence[Member], *, epochs: int, batch_size: int | Non
                 member.ended = error
                 gone.append(member)
         stack.drop(gone)
+
+
+@dataclass
+class Trained:
+    """What a member's stack trained, for its run to record as its own (`replay`): its
+    epochs, its network's final weights, how it ended, and the size of its stack."""
+
+    history: list[EpochResult]
+    model_state: dict[str, Tensor]
+    ended: BaseException | None
+    stack_size: int
+
+
+def replay(
+    trained: Trained, model: object, callbacks: Sequence[EpochCallback], progress: object = None
+) -> None:
+    """Hand a stacked member's epochs to its run's callbacks, as `loop.fit` would have,
+    with its final weights in `model` (model.pt, early stopping's best), and end as it
+    ended: a diverged member's DivergedError, a pruned one's word, after its last epoch."""
+    model.load_state_dict(trained.model_state)  # type: ignore[attr-defined]
+    for result in trained.history:
+        if progress is not None:
+            progress.epoch_done(result.epoch)  # type: ignore[attr-defined]
+        for callback in callbacks:
+            callback(result)
+    if trained.ended is not None:
+        raise trained.ended

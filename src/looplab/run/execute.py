@@ -29,6 +29,7 @@ from looplab.core.objective import Objective, best_metrics, check_metric
 from looplab.core.paths import shown
 from looplab.core.schema import update_name
 from looplab.core.signals import StopsBetweenSteps, stops_raise, while_closing
+from looplab.core.stacked import Trained, replay
 from looplab.core.validate import validate
 from looplab.run import tags as tag
 from looplab.run.checkpoints import Checkpoints, check_fits
@@ -91,6 +92,7 @@ def execute(
     log_model: bool = False,
     resume: Checkpoint | None = None,
     judges: Sequence[Callable[[EpochResult], None]] = (),
+    trained: Trained | None = None,
 ) -> RunResult:
     """Train one `plain_config`. Errors before the first epoch leave no MLflow run behind.
 
@@ -100,7 +102,8 @@ def execute(
     names by `_target_` (`launch/parts.py`); `log_model`: a FINISHED run's model is logged
     as an MLflow model (by the writer, after the loop); `resume`: go on from this checkpoint
     (core/checkpoint.py), in the MLflow run it names; `judges`: epoch callbacks that may
-    end the run FINISHED by raising `EndedEarly` (a search's pruner, launch/trials.py).
+    end the run FINISHED by raising `EndedEarly` (a search's pruner, launch/trials.py);
+    `trained`: what a stack trained for this run (core/stacked.py), recorded as its own.
     `defer_end` (a sweep's job) returns without waiting for the writer to end the run.
     """
     validate(cfg)
@@ -122,6 +125,7 @@ def execute(
                 resume,
                 stops,
                 judges,
+                trained,
             )
     finally:
         if tracker is not None:
@@ -144,6 +148,7 @@ def _execute(
     resume: Checkpoint | None,
     stops: StopsBetweenSteps,
     judges: Sequence[Callable[[EpochResult], None]],
+    trained: Trained | None,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
     ready = prepare(cfg, cpus, parts)
@@ -237,14 +242,18 @@ def _execute(
         csv(earlier)
     callbacks = [result.history.append, console, csv] + ([tracker] if tracker else [])
     callbacks += [early_stop] if early_stop is not None else []  # it may end the loop
-    callbacks += judges  # so may these
-    callbacks.append(checkpoints)  # last: the state after every other callback's epoch
+    if trained is None:
+        callbacks += judges  # so may these
+        callbacks.append(checkpoints)  # last: the state after every other callback's epoch
     end_tags: dict[str, str] = {}
     end_files_now: list[tuple[Path, str | None]] = []  # a stopped run's checkpoint
     failure: BaseException | None = None
     try:
         with stops:  # a stop signal waits for the loop to be between two steps
-            ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
+            if trained is not None:  # trained in a stack: its epochs, recorded as this run's
+                replay(trained, ready.model, callbacks, progress)
+            else:
+                ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
         result.status = "FINISHED"
     except EndedEarly as stop:
         if isinstance(stop, StoppedEarly):  # model.pt gets the best epoch's weights

@@ -27,3 +27,4 @@ UNENDED = "looplab.unended"  # a run whose process never ended it, sent as KILLE
 EARLY_STOPPED_AT = "looplab.early_stopped_at_epoch"  # train.early_stop ended the run here...
 BEST_EPOCH = "looplab.best_epoch"  # ...and model.pt holds this epoch's weights
 PRUNED_AT = "looplab.pruned_at_epoch"  # a search's pruner stopped this trial after this epoch
+STACK_SIZE = "looplab.stack_size"  # hydra/launcher=stacked trained this run in a stack of N
