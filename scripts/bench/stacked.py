@@ -10,7 +10,7 @@ goals), against looplab's launcher, side by side, tracked to SQLite.
 
 from __future__ import annotations
 
-import itertools
+import tempfile
 from pathlib import Path
 
 from bench.harness import CLI, Row, Settings, command, medians, ratios, side_by_side
@@ -23,11 +23,9 @@ LAUNCHERS = {"looplab": "hydra/launcher=looplab", "stacked": "hydra/launcher=sta
 
 def sweep(work: Path, launcher: str, lrs: list[str], seeds: list[str], *args: str):
     """A contender: the sweep, in a fresh folder and store each time it runs."""
-    counter = itertools.count()
 
     def run() -> float:
-        folder = work / f"{launcher}-{len(lrs) * len(seeds)}-{next(counter)}"
-        folder.mkdir(parents=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{launcher}-{len(lrs) * len(seeds)}-", dir=work))
         return command(
             CLI, "-m", LAUNCHERS[launcher], "train.lr=" + ",".join(lrs),
             "seed=" + ",".join(seeds), "train.print_every=0", *args, cwd=folder,

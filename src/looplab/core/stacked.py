@@ -197,6 +197,7 @@ class Trained:
     model_state: dict[str, Tensor]
     ended: BaseException | None
     stack_size: int
+    ready: object = None  # what the stack prepared for it (run.prepare.Prepared): not again
 
 
 def replay(

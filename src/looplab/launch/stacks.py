@@ -115,10 +115,11 @@ def train_stack(
     from looplab.run.prepare import prepare
 
     started = time.perf_counter()
-    members, stops = [], []
+    members, stops, readies = [], [], []
     for job in stack:
         assert job.plain is not None
-        members.append(_member(job, sweep_dir, prepare(job.plain, cpus), stops))
+        readies.append(prepare(job.plain, cpus))
+        members.append(_member(job, sweep_dir, readies[-1], stops))
     size = max(1, min(len(members), int(budget_mb * 2**20 // member_bytes(members[0]))))
     train = stack[0].plain.train  # type: ignore[union-attr]
     for start in range(0, len(members), size):
@@ -128,11 +129,12 @@ def train_stack(
             early_stop = stops[stack.index(job)]
             if early_stop is not None and member.ended is not None:
                 early_stop.restore_best()  # model.pt: the best epoch's weights
-            StackedRuns.here().trained[(str(sweep_dir.resolve()), job.num)] = _trained(
-                member, len(chunk)
-            )
+            trained = _trained(member, len(chunk), readies[stack.index(job)])
+            StackedRuns.here().trained[(str(sweep_dir.resolve()), job.num)] = trained
     seconds = time.perf_counter() - started
-    nums = ", ".join(f"#{job.num}" for job in stack)
+    numbers = [job.num for job in stack]
+    contiguous = numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2
+    nums = f"#{numbers[0]}-#{numbers[-1]}" if contiguous else ", ".join(f"#{n}" for n in numbers)
     chunks = -(-len(members) // size)
     shown = f"{chunks} stacks of up to {size}" if chunks > 1 else f"one stack of {len(members)}"
     return f"stacked: jobs {nums} trained as {shown} in {seconds:.2f} s"
@@ -161,11 +163,11 @@ def _member(job: Job, sweep_dir: Path, ready: Any, stops: list) -> Member:
     )  # fmt: skip
 
 
-def _trained(member: Member, stack_size: int) -> Trained:
+def _trained(member: Member, stack_size: int, ready: Any) -> Trained:
     from looplab.core.stacked import Trained
 
     state = {k: v.detach().clone() for k, v in member.model.state_dict().items()}  # type: ignore[attr-defined]
-    return Trained(member.history, state, member.ended, stack_size)
+    return Trained(member.history, state, member.ended, stack_size, ready)
 
 
 def member_bytes(member: Member) -> int:

@@ -151,7 +151,7 @@ def _execute(
     trained: Trained | None,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
-    ready = prepare(cfg, cpus, parts)
+    ready = trained.ready if trained is not None and trained.ready else prepare(cfg, cpus, parts)
     data_record = describe_data(cfg, parts)
     result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
     progress = Progress(stops=stops.check)
