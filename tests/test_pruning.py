@@ -84,6 +84,15 @@ def test_a_pruned_trial_stops_at_its_epoch_is_told_pruned_and_its_run_says_where
     best = int(parent.data.tags["looplab.best_job"])
     assert study.trials[best].state.name == "COMPLETE"
     assert f"{pruned} pruned" in done.stdout and f"{8 - pruned} complete" in done.stdout
+    (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
+    assert not (sweep_dir / "optuna_trials.json").exists(), "a later job could take it as its own"
+    # A grid of the same jobs with skip_finished: the complete one is skipped, the pruned one
+    # (FINISHED in MLflow, but stopped early) trains again.
+    grid = [a for a in SEARCH if a not in ("hparams_search=optuna",) and "sweeper" not in a]
+    again = run_cli(*grid, "tracking.skip_finished=true", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "lr=0.5: skipped, already FINISHED" in again.stdout
+    assert "lr=1e-05: FINISHED after 12 epochs" in again.stdout
     # The random sampler, seeded: the first trials' draws are RandomSampler(seed=3)'s.
     import optuna
 

@@ -185,6 +185,10 @@ def test_a_stacked_sweep_is_the_sequential_sweep_job_for_job(run_cli, tmp_path) 
     assert mixed.returncode == 0, mixed.stderr
     assert "stacked: jobs #0, #1 trained as one stack of 2" in mixed.stdout
     assert "stacked: jobs #2, #3 trained as one stack of 2" in mixed.stdout
+    # an optimiser the config names by _target_: each member steps its own
+    adam = swept(run_cli, tmp_path / "adam", "hydra/launcher=stacked", "update=adam", "seed=1,2")
+    assert adam.returncode == 0, adam.stderr
+    assert "stacked: jobs #0, #1 trained as one stack of 2" in adam.stdout
     lonely = swept(run_cli, tmp_path / "lonely", "hydra/launcher=stacked", "model.width=8,16")
     assert lonely.returncode == 0, lonely.stderr
     assert "[job 0] trained alone: no other job of its batch has its shapes" in lonely.stdout

@@ -61,7 +61,7 @@ class NopPrunerConf:
 class MedianPrunerConf:  # stop a trial whose epoch is worse than the median of earlier trials'
     _target_: str = "optuna.pruners.MedianPruner"
     n_startup_trials: int = 5  # trials that finish before any is pruned
-    n_warmup_steps: int = 0  # epochs of each trial never pruned
+    n_warmup_steps: int = 0  # a trial may be pruned from this epoch on (epochs count from 1)
     interval_steps: int = 1
     n_min_trials: int = 1
 
@@ -71,7 +71,7 @@ class PercentilePrunerConf:
     _target_: str = "optuna.pruners.PercentilePruner"
     percentile: float = 25.0  # kept: the best quarter of earlier trials at that epoch
     n_startup_trials: int = 5
-    n_warmup_steps: int = 0
+    n_warmup_steps: int = 0  # as the median pruner's
     interval_steps: int = 1
     n_min_trials: int = 1
 

@@ -32,7 +32,7 @@ from looplab.core.errors import LooplabError
 from looplab.core.objective import Objective
 from looplab.launch.sweep import SweepRefused, search_identity
 from looplab.launch.sweeper import LaunchingSweeper
-from looplab.launch.trials import PRUNED_AT, write_trials
+from looplab.launch.trials import PRUNED_AT, TRIALS_FILE, write_trials
 
 log = logging.getLogger(__name__)
 # The study's record of the trials killed launches left running (asked again, not counted).
@@ -129,7 +129,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
     def check_search(cls, config: DictConfig) -> None:
         """Refuse (SweepRefused) what `sweep` would refuse, before the sweep's parent run or
         folder exists: looplab's sweep callback asks a sweeper that has this method."""
-        settings = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
         assert isinstance(settings, dict)
         sweeper = cls(**{str(k): v for k, v in settings.items() if k != "_target_"})
         sweeper.config = config
@@ -253,11 +253,33 @@ class LooplabOptunaSweeper(LaunchingSweeper):
         total = int(self.settings.get("n_trials", 20))
         if (self.settings.get("sampler") or {}).get("_target_", "").endswith("GridSampler"):
             total = min(total, math.prod(len(v) for v in grid_space(space).values()))
-        batch_size = max(1, int(self.settings.get("n_jobs", 1)))
         if done >= total:
             print(f"study {name}: all {total} trials are done already ({storage})")
-        failed = launched = 0
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            self._trials(study, space, fixed, name, storage, pruner, sweep_dir, done, total)
+        finally:  # no later job in this folder takes itself for one of these trials
+            (sweep_dir / TRIALS_FILE).unlink(missing_ok=True)
+        self._report(study, name, directions, sweep_dir, storage)
+
+    def _trials(
+        self,
+        study: Any,
+        space: dict[str, Any],
+        fixed: list[str],
+        name: str,
+        storage: str,
+        pruner: dict[str, Any],
+        sweep_dir: Path,
+        done: int,
+        total: int,
+    ) -> None:
+        """Ask, launch and tell, a batch at a time, until `total` trials are done."""
+        import optuna
+
+        batch_size = max(1, int(self.settings.get("n_jobs", 1)))
+        count = len(study.directions)
+        failed = launched = 0
         while done < total:
             trials = [study.ask(space) for _ in range(min(batch_size, total - done))]
             overrides = [
@@ -268,7 +290,7 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             jobs = {first + i: trial.number for i, trial in enumerate(trials)}
             write_trials(sweep_dir, name, storage, pruner, jobs)
             returns = self.launch(overrides, first)
-            outcomes = [objective(job, len(directions)) for job in returns]
+            outcomes = [objective(job, count) for job in returns]
             for trial, value in zip(trials, outcomes, strict=True):
                 if value is None:
                     tell(study, trial, state=optuna.trial.TrialState.FAIL)
@@ -287,6 +309,13 @@ class LooplabOptunaSweeper(LaunchingSweeper):
                     f"hydra.sweeper.max_failure_rate={rate:g} of them"
                 )
                 break
+
+    def _report(
+        self, study: Any, name: str, directions: list[str], sweep_dir: Path, storage: str
+    ) -> None:
+        """The study's counts and best trial (or Pareto front), and the files scripts read."""
+        import optuna
+
         states = Counter(t.state.name.lower() for t in study.trials)
         print(f"study {name}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
         if len(directions) > 1:

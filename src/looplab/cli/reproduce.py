@@ -65,9 +65,10 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     reproduce.add_argument(
         "--tolerance",
         type=_tolerance,
-        default=0.0,
+        default=None,
         metavar="REL",
-        help="largest relative difference taken as equal (default: 0, bitwise)",
+        help="largest relative difference taken as equal (default: 0, bitwise; a run trained "
+        "in a stack: its dtype's stacking tolerance)",
     )
     add_trust(reproduce)
     reproduce.set_defaults(run=reproduce_command)
@@ -134,7 +135,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
         )
         return exit_code
     reproduced = records.histories(uri, new)
-    tolerance = args.tolerance or stacked_tolerance(original, cfg)
+    tolerance = args.tolerance if args.tolerance is not None else stacked_tolerance(original, cfg)
     differences = compare_histories(records.histories(uri, original), reproduced, tolerance)
     epochs = max((len(points) for points in reproduced.values()), default=0)
     print(report(original, new, differences, edited, tolerance, epochs))

@@ -197,6 +197,9 @@ def train_job(cfg: DictConfig) -> float | list[float]:
             tags |= recorded_choices(hydra_config)
         tags |= requested_tags()
         name = tags.pop(tag.RUN_NAME, name)
+        # hydra/launcher=stacked may have trained it (taken now, so that no job leaves its
+        # stack's work behind); a checkpoint of its own or a finished run comes first
+        trained = StackedRuns.here().take(job) if job is not None else None
         resume = checkpoint_here(output_dir)
         if resume is None and plain.tracking.skip_finished and tracker is not None:
             digests = run_digests(plain, parts)
@@ -204,8 +207,8 @@ def train_job(cfg: DictConfig) -> float | list[float]:
             if skipped is not None:
                 return skipped
             resume = stopped_runs_checkpoint(tracker, digests)
-        trained = StackedRuns.here().take(job) if job is not None else None
-        if trained is not None:  # hydra/launcher=stacked trained it: its pruning is done
+        trained = None if resume is not None else trained
+        if trained is not None:  # its pruning was done in the stack
             tags[tag.STACK_SIZE] = str(trained.stack_size)
         pruning = pruning_for(job, objective) if job is not None and not trained else None
         result = execute(

@@ -21,6 +21,7 @@ from looplab.core.objective import Objective
 from looplab.core.schema import has_target, plain_config
 from looplab.core.validate import validate
 from looplab.launch.jobs import SweepJob
+from looplab.launch.parts import parts_of
 from looplab.launch.sweep import job_part
 from looplab.launch.trials import pruning_for
 
@@ -110,15 +111,33 @@ def train_stack(
     stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: float | None = None
 ) -> str:
     """Train the stack's jobs as one, in chunks that fit `budget_mb`; keep each member's
-    `Trained` for its job. A line that says what was trained, and in how long."""
+    `Trained` for its job. A line that says what was trained, and in how long; a stack that
+    could not be trained (a part that refuses, an error) leaves its jobs to train alone."""
+    try:
+        return _train_stack(stack, sweep_dir, budget_mb, cpus)
+    except Exception as error:  # each job meets it again alone, and says it as a job does
+        for job in stack:
+            StackedRuns.here().trained.pop((str(sweep_dir.resolve()), job.num), None)
+            job.why_alone = f"its stack could not be trained ({type(error).__name__}: {error})"
+        return f"stacked: jobs {_numbers(stack)} could not be trained as one; each trains alone"
+
+
+def _numbers(stack: list[Job]) -> str:
+    numbers = [job.num for job in stack]
+    contiguous = numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2
+    return f"#{numbers[0]}-#{numbers[-1]}" if contiguous else ", ".join(f"#{n}" for n in numbers)
+
+
+def _train_stack(stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: float | None) -> str:
     from looplab.core.stacked import fit_stacked
+    from looplab.run.early_stop import StoppedEarly
     from looplab.run.prepare import prepare
 
     started = time.perf_counter()
     members, stops, readies = [], [], []
     for job in stack:
         assert job.plain is not None
-        readies.append(prepare(job.plain, cpus))
+        readies.append(prepare(job.plain, cpus, parts_of(job.plain)))
         members.append(_member(job, sweep_dir, readies[-1], stops))
     size = max(1, min(len(members), int(budget_mb * 2**20 // member_bytes(members[0]))))
     train = stack[0].plain.train  # type: ignore[union-attr]
@@ -126,15 +145,13 @@ def train_stack(
         chunk = members[start : start + size]
         fit_stacked(chunk, epochs=train.epochs, batch_size=train.batch_size)
         for job, member in zip(stack[start : start + size], chunk, strict=True):
-            early_stop = stops[stack.index(job)]
-            if early_stop is not None and member.ended is not None:
-                early_stop.restore_best()  # model.pt: the best epoch's weights
+            early_stop = stops[stack.index(job)]  # as execute() ends a run that stopped early
+            if isinstance(member.ended, StoppedEarly):  # model.pt: the best epoch's weights
+                early_stop.restore_best()  # type: ignore[union-attr]
             trained = _trained(member, len(chunk), readies[stack.index(job)])
             StackedRuns.here().trained[(str(sweep_dir.resolve()), job.num)] = trained
     seconds = time.perf_counter() - started
-    numbers = [job.num for job in stack]
-    contiguous = numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2
-    nums = f"#{numbers[0]}-#{numbers[-1]}" if contiguous else ", ".join(f"#{n}" for n in numbers)
+    nums = _numbers(stack)
     chunks = -(-len(members) // size)
     shown = f"{chunks} stacks of up to {size}" if chunks > 1 else f"one stack of {len(members)}"
     return f"stacked: jobs {nums} trained as {shown} in {seconds:.2f} s"
@@ -146,7 +163,8 @@ def _member(job: Job, sweep_dir: Path, ready: Any, stops: list) -> Member:
 
     plain = job.plain
     assert plain is not None
-    objective = Objective.of(plain.get("optimized_metric"))
+    asked = OmegaConf.select(job.config, "hydra.sweeper.direction")  # as the job's own run
+    objective = Objective.of(plain.get("optimized_metric"), asked)
     callbacks: list = []
     early = plain.train.get("early_stop") or {}
     early_stop = None

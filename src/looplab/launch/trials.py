@@ -57,7 +57,10 @@ def pruning_for(job: SweepJob, objective: Objective) -> Pruning | None:
     study = optuna.load_study(
         study_name=plan["study"], storage=plan["storage"], pruner=instantiate(plan["pruner"])
     )
-    trial_id = study.trials[trial_number]._trial_id  # Optuna names a trial by its id
+    trial = study.trials[trial_number]
+    if trial.state != optuna.trial.TrialState.RUNNING:  # not a trial of this launch's
+        return None
+    trial_id = trial._trial_id  # Optuna names a trial by its id
     return Pruning(optuna.trial.Trial(study, trial_id), objective.metric, objective.direction)
 
 

@@ -304,7 +304,8 @@ def _plot_groups(axes: Any, runs: list[Run], metric: str, uri: str, keys: list[s
 
     groups: dict[str, list[dict[int, float]]] = {}
     for run in runs:
-        points = history(run, metric, uri) if run.info.status == "FINISHED" else []
+        done = run.info.status == "FINISHED" and PRUNED_AT not in run.data.tags  # its curve whole
+        points = history(run, metric, uri) if done else []
         if points:
             groups.setdefault(values_label(run, keys), []).append(dict(points))
     for name, curves in groups.items():

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from looplab.core.signals import detach_hung_up_terminal, ignore_stops
+from looplab.run.tags import PRUNED_AT
 from looplab.run.tags import STUDY as STUDY_TAG
 from looplab.tracking import protocol
 from looplab.tracking.delivery import (
@@ -197,7 +198,8 @@ class Writer:
 
     def find_finished(self, message: FindFinished) -> None:
         """Reply with a FINISHED run of the experiment that trained the same config on the
-        same data (the newest), and its metrics (final and best)."""
+        same data (the newest, and not one a search's pruner stopped early), and its metrics
+        (final and best)."""
 
         def answer(run: Any) -> FinishedFound:
             if run is None:
@@ -207,7 +209,7 @@ class Writer:
         self._reply_with_run(
             f"tags.`{CONFIG_DIGEST_TAG}` = '{message.config_digest}' and "
             f"tags.`{DATA_DIGEST_TAG}` = '{message.data_digest}' and "
-            "attributes.status = 'FINISHED'",
+            f"attributes.status = 'FINISHED' and tags.`{PRUNED_AT}` IS NULL",  # not a pruned one
             answer,
             order_by=["attributes.start_time DESC"],
         )
