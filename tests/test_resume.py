@@ -141,11 +141,12 @@ def test_a_run_killed_with_its_writer_resumes_in_the_same_run_bit_for_bit(tmp_pa
         time.sleep(0.05)
         return False
 
-    wait_for("the store past the checkpoint", frozen_with_the_store_past_its_checkpoint)
-    writers = writer_of(trainer.pid)
-    for pid in (trainer.pid, *writers):  # trainer and writer both, with no chance to close
-        os.kill(pid, signal.SIGKILL)
-    trainer.wait(timeout=30)
+    try:
+        wait_for("the store past the checkpoint", frozen_with_the_store_past_its_checkpoint)
+    finally:  # frozen or not, trainer and writer both are killed, with no chance to close
+        for pid in (trainer.pid, *writer_of(trainer.pid)):
+            os.kill(pid, signal.SIGKILL)
+        trainer.wait(timeout=30)
     (run,) = the_run(client)
     assert run.info.status == "RUNNING"
     assert Path(run.data.tags["looplab.run_dir"]) == folder
