@@ -291,10 +291,11 @@ class LooplabOptunaSweeper(LaunchingSweeper):
             write_trials(sweep_dir, name, storage, pruner, jobs)
             returns = self.launch(overrides, first)
             outcomes = [objective(job, count) for job in returns]
+            stored = study.get_trials(deepcopy=False)  # what the jobs wrote: read once a batch
             for trial, value in zip(trials, outcomes, strict=True):
                 if value is None:
                     tell(study, trial, state=optuna.trial.TrialState.FAIL)
-                elif PRUNED_AT in study.trials[trial.number].user_attrs:
+                elif PRUNED_AT in stored[trial.number].user_attrs:
                     tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                 else:
                     tell(study, trial, values=value)

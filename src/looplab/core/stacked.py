@@ -17,6 +17,7 @@ import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -191,22 +192,19 @@ def fit_stacked(members: Sequence[Member], *, epochs: int, batch_size: int | Non
 @dataclass
 class Trained:
     """What a member's stack trained, for its run to record as its own (`replay`): its
-    epochs, its network's final weights, how it ended, and the size of its stack."""
+    epochs, how it ended, the size of its stack, and what the stack prepared and trained for
+    it (run.prepare.Prepared: its network holds its final weights; not prepared again)."""
 
     history: list[EpochResult]
-    model_state: dict[str, Tensor]
     ended: BaseException | None
     stack_size: int
-    ready: object = None  # what the stack prepared for it (run.prepare.Prepared): not again
+    ready: Any
 
 
-def replay(
-    trained: Trained, model: object, callbacks: Sequence[EpochCallback], progress: object = None
-) -> None:
-    """Hand a stacked member's epochs to its run's callbacks, as `loop.fit` would have,
-    with its final weights in `model` (model.pt, early stopping's best), and end as it
-    ended: a diverged member's DivergedError, a pruned one's word, after its last epoch."""
-    model.load_state_dict(trained.model_state)  # type: ignore[attr-defined]
+def replay(trained: Trained, callbacks: Sequence[EpochCallback], progress: object = None) -> None:
+    """Hand a stacked member's epochs to its run's callbacks, as `loop.fit` would have (its
+    network already holds its final weights: model.pt, early stopping's best), and end as
+    it ended: a diverged member's DivergedError, a pruned one's word, after its last epoch."""
     for result in trained.history:
         if progress is not None:
             progress.epoch_done(result.epoch)  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from looplab.launch.trials import pruning_for
 
 if TYPE_CHECKING:
     from looplab.core.stacked import Member, Trained
+    from looplab.run.early_stop import EarlyStop
 
 # Keys a stack's members may differ in (a key, or every key under it).
 FREE = (
@@ -129,26 +130,26 @@ def _numbers(stack: list[Job]) -> str:
 
 
 def _train_stack(stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: float | None) -> str:
-    from looplab.core.stacked import fit_stacked
+    from looplab.core.stacked import Trained, fit_stacked
     from looplab.run.early_stop import StoppedEarly
     from looplab.run.prepare import prepare
 
     started = time.perf_counter()
-    members, stops, readies = [], [], []
-    for job in stack:
-        assert job.plain is not None
-        readies.append(prepare(job.plain, cpus, parts_of(job.plain)))
-        members.append(_member(job, sweep_dir, readies[-1], stops))
-    size = max(1, min(len(members), int(budget_mb * 2**20 // member_bytes(members[0]))))
+    readies = [prepare(job.plain, cpus, parts_of(job.plain)) for job in stack]  # type: ignore[arg-type]
+    members = [_member(job, sweep_dir, ready) for job, ready in zip(stack, readies, strict=True)]
+    size = max(1, min(len(members), int(budget_mb * 2**20 // member_bytes(members[0][0]))))
     train = stack[0].plain.train  # type: ignore[union-attr]
     for start in range(0, len(members), size):
         chunk = members[start : start + size]
-        fit_stacked(chunk, epochs=train.epochs, batch_size=train.batch_size)
-        for job, member in zip(stack[start : start + size], chunk, strict=True):
-            early_stop = stops[stack.index(job)]  # as execute() ends a run that stopped early
-            if isinstance(member.ended, StoppedEarly):  # model.pt: the best epoch's weights
-                early_stop.restore_best()  # type: ignore[union-attr]
-            trained = _trained(member, len(chunk), readies[stack.index(job)])
+        fit_stacked(
+            [member for member, _ in chunk], epochs=train.epochs, batch_size=train.batch_size
+        )
+        for job, ready, (member, early_stop) in zip(
+            stack[start : start + size], readies[start : start + size], chunk, strict=True
+        ):
+            if isinstance(member.ended, StoppedEarly):  # as execute() ends such a run:
+                early_stop.restore_best()  # type: ignore[union-attr]  # the best epoch's weights
+            trained = Trained(member.history, member.ended, len(chunk), ready)
             StackedRuns.here().trained[(str(sweep_dir.resolve()), job.num)] = trained
     seconds = time.perf_counter() - started
     nums = _numbers(stack)
@@ -157,7 +158,8 @@ def _train_stack(stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: floa
     return f"stacked: jobs {nums} trained as {shown} in {seconds:.2f} s"
 
 
-def _member(job: Job, sweep_dir: Path, ready: Any, stops: list) -> Member:
+def _member(job: Job, sweep_dir: Path, ready: Any) -> tuple[Member, EarlyStop | None]:
+    """A job's member of its stack, with its early stop and pruning as its own run has them."""
     from looplab.core.stacked import Member
     from looplab.run.early_stop import EarlyStop
 
@@ -165,27 +167,15 @@ def _member(job: Job, sweep_dir: Path, ready: Any, stops: list) -> Member:
     assert plain is not None
     asked = OmegaConf.select(job.config, "hydra.sweeper.direction")  # as the job's own run
     objective = Objective.of(plain.get("optimized_metric"), asked)
-    callbacks: list = []
-    early = plain.train.get("early_stop") or {}
-    early_stop = None
-    if early.get("patience"):
-        early_stop = EarlyStop(ready.model, objective.metric, early.patience, early.min_delta)
-        callbacks.append(early_stop)
-    stops.append(early_stop)
+    early_stop = EarlyStop.from_config(plain.train, ready.model, objective.metric)
     overrides = list(job.config.hydra.overrides.task)
     pruning = pruning_for(SweepJob(job.num, sweep_dir.resolve(), overrides), objective)
-    callbacks += [pruning] if pruning is not None else []
-    return Member(
+    callbacks = [judge for judge in (early_stop, pruning) if judge is not None]
+    member = Member(
         ready.model, ready.loss, ready.update, ready.data, ready.quality, ready.quality_name,
         ready.generator, callbacks,
     )  # fmt: skip
-
-
-def _trained(member: Member, stack_size: int, ready: Any) -> Trained:
-    from looplab.core.stacked import Trained
-
-    state = {k: v.detach().clone() for k, v in member.model.state_dict().items()}  # type: ignore[attr-defined]
-    return Trained(member.history, state, member.ended, stack_size, ready)
+    return member, early_stop
 
 
 def member_bytes(member: Member) -> int:

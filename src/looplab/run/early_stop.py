@@ -53,6 +53,14 @@ class EarlyStop:
         elif result.epoch - self.best_epoch >= self.patience:
             raise StoppedEarly(result.epoch, self.best_epoch)
 
+    @classmethod
+    def from_config(cls, train: Any, model: Any, metric: str) -> EarlyStop | None:
+        """`train.early_stop` on `metric` for `model`; None when it has no patience."""
+        early = train.get("early_stop") or {}
+        if not early.get("patience"):
+            return None
+        return cls(model, metric, early.patience, early.min_delta)
+
     def restore_best(self) -> None:
         """Put the best epoch's weights back into the model (for model.pt)."""
         if self.best_state is not None:

@@ -151,7 +151,7 @@ def _execute(
     trained: Trained | None,
 ) -> RunResult:
     started, started_ms = time.monotonic(), int(time.time() * 1000)
-    ready = trained.ready if trained is not None and trained.ready else prepare(cfg, cpus, parts)
+    ready = trained.ready if trained is not None else prepare(cfg, cpus, parts)
     data_record = describe_data(cfg, parts)
     result = RunResult(status="RUNNING", exit_code=0, device=str(ready.device), name=name)
     progress = Progress(stops=stops.check)
@@ -159,11 +159,9 @@ def _execute(
         ready.model, ready.update, ready.generator, progress, identity(cfg), data_record.digest,
         result.history, device=ready.device.type,
     )  # fmt: skip
-    early = cfg.train.get("early_stop") or {}
-    early_stop = None
-    if early.get("patience"):  # on the first optimized_metric
-        metric = Objective.of(cfg.get("optimized_metric")).metric
-        early_stop = EarlyStop(ready.model, metric, early.patience, early.min_delta)
+    metric = Objective.of(cfg.get("optimized_metric")).metric  # early stopping follows the first
+    early_stop = EarlyStop.from_config(cfg.train, ready.model, metric)
+    if early_stop is not None:
         taker.callbacks["early_stop"] = early_stop
     checkpoints = Checkpoints(cfg, taker, output_dir, tracker)
     logged = ["train_loss", "val_loss", ready.quality_name]
@@ -251,7 +249,7 @@ def _execute(
     try:
         with stops:  # a stop signal waits for the loop to be between two steps
             if trained is not None:  # trained in a stack: its epochs, recorded as this run's
-                replay(trained, ready.model, callbacks, progress)
+                replay(trained, callbacks, progress)
             else:
                 ready.fit(cfg.train.epochs, cfg.train.batch_size, callbacks, progress)
         result.status = "FINISHED"
