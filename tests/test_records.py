@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -118,3 +119,8 @@ def test_threads_follow_the_cpus_a_scheduler_gave(monkeypatch) -> None:
     assert torch_threads(given=guess + 5) == guess + 5  # submitit's cpus_per_task
     assert torch_threads(given=0.5) == 1  # Ray's fractional num_cpus
     assert torch_threads(2, given=guess + 5) == 2
+    # a stack trains while the MLflow writer waits: every core this process may use
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    cores = len(os.sched_getaffinity(0))
+    assert torch_threads(writer_idle=True) == cores
+    assert torch_threads() == max(1, cores - 1)

@@ -13,6 +13,7 @@ import torch
 
 from looplab.core.errors import DivergedError
 from looplab.core.stacked import Member, fit_stacked
+from looplab.launch.parts import parts_of
 from looplab.run.prepare import prepare
 
 # Values that leave every shape alone: what a stack's members differ in.
@@ -24,7 +25,7 @@ MEMBERS = [
 
 
 def member(cfg, callbacks=()) -> Member:
-    ready = prepare(cfg)
+    ready = prepare(cfg, None, parts_of(cfg))
     return Member(
         ready.model, ready.loss, ready.update, ready.data, ready.quality, ready.quality_name,
         ready.generator, callbacks,
@@ -32,7 +33,8 @@ def member(cfg, callbacks=()) -> Member:
 
 
 def alone(cfg) -> list[dict[str, float]]:
-    return [r.metrics for r in prepare(cfg).fit(cfg.train.epochs, cfg.train.batch_size)]
+    ready = prepare(cfg, None, parts_of(cfg))
+    return [r.metrics for r in ready.fit(cfg.train.epochs, cfg.train.batch_size)]
 
 
 def assert_close(stacked: list[dict[str, float]], single: list[dict[str, float]]) -> None:
@@ -105,6 +107,44 @@ def test_a_callback_that_ends_its_member_stops_only_that_member(make_config) -> 
     assert isinstance(members[0].ended, RuntimeError) and len(members[0].history) == 2
     assert members[1].ended is None and len(members[1].history) == 5
     assert_close([r.metrics for r in members[1].history], alone(configs[1]))
+
+
+@pytest.mark.parametrize("update", ["manual", "sgd", "adam"])
+def test_members_with_one_update_rule_step_as_one_and_keep_their_state_when_one_leaves(
+    make_config, update
+) -> None:
+    """float64, members with the same update settings (they step as one over their rows).
+    Faults: a group's momentum (or Adam's moments) lost, or given to the wrong member, when a
+    member in its middle leaves; a group stepping rows that are not its members'."""
+    shared = (
+        "dataset=digits", "model.width=16", f"update={update}", "train.batch_size=64",
+        "train.epochs=4", "train.dtype=float64", "train.lr=0.05", "train.momentum=0.9",
+        "tracking.enabled=false",
+    )  # fmt: skip
+    configs = [make_config(*shared, f"seed={s}") for s in (1, 2, 3, 4)]
+
+    def stop_at_two(result) -> None:
+        if result.epoch == 2:
+            raise RuntimeError("ended by its callback")
+
+    members = [member(cfg, [stop_at_two] if i == 1 else []) for i, cfg in enumerate(configs)]
+    fit_stacked(members, epochs=4, batch_size=64)
+    assert len(members[1].history) == 2
+    for i, (cfg, m) in enumerate(zip(configs, members, strict=True)):
+        if i != 1:
+            assert m.ended is None
+            assert_close([r.metrics for r in m.history], alone(cfg))
+
+
+def test_each_member_keeps_its_own_parameters_after_the_stack(make_config) -> None:
+    """Fault: a member's parameters left as views of the stack's tensors: its model.pt
+    would hold every member's weights (torch.save writes a view's whole storage)."""
+    configs = [make_config("model.impl=module", f"seed={s}", "train.epochs=2") for s in (1, 2)]
+    members = [member(cfg) for cfg in configs]
+    fit_stacked(members, epochs=2)
+    for m in members:
+        for p in m.parameters():
+            assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
 
 
 def test_members_of_other_shapes_are_refused(make_config) -> None:

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.utils import JobReturn
+from omegaconf import DictConfig
 
 from hydra_plugins.looplab_launcher.launcher import LooplabLauncher
+from looplab.core.schema import plain_config
 from looplab.launch.jobs import records_jobs
 from looplab.launch.stacks import Job, plan, train_stack
+from looplab.launch.sweep import job_part
+from looplab.tracking.client import Tracker, Writers, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,25 @@ class StackedLauncher(LooplabLauncher):
         assert self.config is not None
         if not records_jobs(self.task_function):  # another app: nothing of looplab's to stack
             return super().launch(job_overrides, initial_job_idx)
+        _start_writer(self.config)
         configs = self.job_configs(job_overrides, initial_job_idx)
         jobs = [Job(int(config.hydra.job.num), config) for config in configs]
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        for stack in plan(jobs):
+        stacks = plan(jobs)
+        for stack in stacks:
             print(train_stack(stack, sweep_dir, self.memory_mb), flush=True)
         for job in jobs:
             if job.why_alone:
                 print(f"[job {job.num}] trained alone: {job.why_alone}", flush=True)
         return self.run_jobs([job.config for job in jobs])
+
+
+def _start_writer(config: DictConfig) -> None:
+    """Start the jobs' MLflow writer now, idle until the first job takes it, so that its
+    start (importing MLflow, opening the store: seconds) overlaps the jobs' preparation."""
+    try:
+        tracker = start_tracker(plain_config(job_part(config)))
+    except Exception:  # each job says what is wrong with its config
+        return
+    if isinstance(tracker, Tracker):  # not offline
+        Writers.here().park(tracker)

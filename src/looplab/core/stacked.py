@@ -1,11 +1,14 @@
 """Train several same-shaped runs as one: `fit`'s steps, with every tensor given a leading
-dimension of K members (issue #21's engine; the launcher that feeds it is yet to come).
+dimension of K members (issue #21's engine; `hydra/launcher=stacked` feeds it).
 
-Each member keeps what it has alone: its own network's parameters (leaf tensors, stacked
-afresh each step, so their gradients are its own), its own update (`ManualUpdate` or
-`torch.optim.SGD`, with its own learning rate, momentum and weight decay, stepped as
-alone), its own data split and its own shuffle generator, and its own callbacks. Only the
-forward pass, the loss and the backward pass run batched (`torch.func.vmap`). A member that
+Each member keeps what it has alone: its own parameters (views of its row of the stack's
+stacked leaves, so the gradients of the summed loss are its own), its own update rule and
+settings (`ManualUpdate`, `torch.optim.SGD` with its own learning rate, momentum and weight
+decay, or an optimiser of your own), its own data split and shuffle generator, and its own
+callbacks. The forward pass, the loss and the backward pass run batched (`torch.func.vmap`);
+members whose updates are the same elementwise rule with the same settings step as one over
+their rows (each number's update reads only its own gradient and state, so this is the
+update each would take alone), any other member with its own update. A member that
 diverges, or whose callback ends it (early stopping, a pruner), leaves the stack after that
 epoch; the others go on untouched: members share no arithmetic.
 """
@@ -27,7 +30,7 @@ from looplab.core.data import DeviceData
 from looplab.core.errors import DivergedError
 from looplab.core.loop import EpochCallback, EpochResult, batch_weights
 from looplab.core.model import MySimpleNN
-from looplab.core.update import Updater
+from looplab.core.update import ManualUpdate, Updater
 
 Tensor = torch.Tensor
 
@@ -88,18 +91,104 @@ def _forward(member: Member) -> Callable[[list[Tensor], Tensor], Tensor]:
     return module
 
 
+# Optimisers whose rule is elementwise (each number's update reads only its own gradient and
+# state): members with equal settings step as one over their rows of the stack.
+ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def _together(update: Updater) -> tuple | None:
+    """What members must share to step as one (their update's kind and settings); None: a
+    fresh update of another kind, or one that has state already, steps alone."""
+    if isinstance(update, ManualUpdate):
+        if any(v is not None for v in update.velocity):
+            return None
+        return ("manual", update.lr, update.momentum, update.weight_decay)
+    if type(update) in ELEMENTWISE and len(update.param_groups) == 1 and not update.state:  # type: ignore[attr-defined]
+        settings = {k: v for k, v in update.param_groups[0].items() if k != "params"}  # type: ignore[attr-defined]
+        return (type(update).__qualname__, repr(sorted(settings.items())))
+    return None
+
+
+def _update_like(update: Updater, tensors: list[Tensor]) -> Updater:
+    """A fresh update of `update`'s kind and settings, over `tensors`."""
+    if isinstance(update, ManualUpdate):
+        return ManualUpdate(tensors, update.lr, update.momentum, update.weight_decay)
+    settings = {k: v for k, v in update.param_groups[0].items() if k != "params"}  # type: ignore[attr-defined]
+    return type(update)(tensors, **settings)  # type: ignore[call-arg]
+
+
+def _rows_of(state: Any, keep: list[int], rows: int) -> Any:
+    """An update's state for the kept rows of its members (tensors with one row a member)."""
+    if isinstance(state, Tensor) and state.dim() > 0 and state.shape[0] == rows:
+        return state[keep]
+    if isinstance(state, dict):
+        return {k: _rows_of(v, keep, rows) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_rows_of(v, keep, rows) for v in state]
+    return state
+
+
+@dataclass
+class _Steps:
+    """Members `rows` of the stack (a slice, or one member's index), stepped by one update
+    over `tensors`: their rows of each stacked parameter."""
+
+    rows: slice | int
+    update: Updater
+    tensors: list[Tensor]
+
+
 class Stack:
-    """The members still training, their data stacked once (K x rows x features)."""
+    """The members still training: each parameter of theirs one stacked leaf tensor
+    (K x shape), each member's own parameters views of its row, and their data stacked once.
+
+    Members are ordered so that those whose updates step as one (`_together`) are side by
+    side; each such group steps once over its rows, any other member with its own update."""
 
     def __init__(self, members: Sequence[Member]) -> None:
         first = shapes(members[0])
         if any(shapes(m) != first for m in members[1:]):
             raise ValueError("a stack's members must share their network's and data's shapes")
-        self.members = list(members)
+        keys = [_together(m.update) for m in members]
+        order = sorted(range(len(members)), key=lambda i: (keys[i] is None, repr(keys[i]), i))
+        self.members = [members[i] for i in order]
         self.forward = vmap(_forward(members[0]))
         self.loss = vmap(members[0].loss)
         self.quality = vmap(members[0].quality)
+        with torch.no_grad():
+            stacked = [torch.stack(group) for group in zip(*self._own(), strict=True)]
+        self._take(stacked, [keys[i] for i in order])
         self._stack_data()
+
+    def _own(self) -> list[list[Tensor]]:
+        return [m.parameters() for m in self.members]
+
+    def _take(
+        self, stacked: list[Tensor], keys: list[tuple | None], states: list | None = None
+    ) -> None:
+        """Make `stacked` the leaves, each member's parameters views of its row, and the
+        updates that step them (`states`: each group's state to go on from)."""
+        self.leaves = [t.detach().requires_grad_(True) for t in stacked]
+        for k, own in enumerate(self._own()):
+            for tensor, leaf in zip(own, self.leaves, strict=True):
+                tensor.data = leaf.detach()[k]
+        self.keys, self.steps = keys, []
+        start = 0
+        while start < len(self.members):
+            stop = start + 1
+            if keys[start] is not None:
+                while stop < len(keys) and keys[stop] == keys[start]:
+                    stop += 1
+            member = self.members[start]
+            if keys[start] is None:  # its own update, over its own (viewed) parameters
+                self.steps.append(_Steps(start, member.update, member.parameters()))
+            else:
+                tensors = [leaf.detach()[start:stop] for leaf in self.leaves]
+                update = _update_like(member.update, tensors)
+                if states is not None and states[len(self.steps)] is not None:
+                    update.load_state_dict(states[len(self.steps)])
+                self.steps.append(_Steps(slice(start, stop), update, tensors))
+            start = stop
 
     def _stack_data(self) -> None:
         def stacked(name: str) -> Tensor:
@@ -108,20 +197,52 @@ class Stack:
         self.x, self.y = stacked("x_train"), stacked("y_train")
         self.x_val, self.y_val = stacked("x_val"), stacked("y_val")
 
-    def drop(self, gone: Sequence[Member]) -> None:
-        if gone:
-            self.members = [m for m in self.members if m not in gone]
-            if self.members:
-                self._stack_data()
+    def step(self) -> None:
+        """Each member's own update: its group's, over the group's rows of every parameter."""
+        for steps in self.steps:
+            for tensor, leaf in zip(steps.tensors, self.leaves, strict=True):
+                tensor.grad = leaf.grad[steps.rows]  # type: ignore[index]
+            steps.update.step()
 
-    def params(self) -> list[Tensor]:
-        """Each parameter of every member, stacked: gradients flow back to each member's own."""
-        per_member = [m.parameters() for m in self.members]
-        return [torch.stack(group) for group in zip(*per_member, strict=True)]
+    def zero_grad(self) -> None:
+        for steps in self.steps:
+            steps.update.zero_grad()
+        for leaf in self.leaves:
+            leaf.grad = None
+
+    def drop(self, gone: Sequence[Member]) -> None:
+        """Members that ended leave with their own copy of their parameters; the others go
+        on from where they are, each group's update state kept for its remaining rows."""
+        if not gone:
+            return
+        keep = [k for k, m in enumerate(self.members) if m not in gone]
+        states = []  # each remaining group's update state, for its kept rows
+        for steps in self.steps:
+            if isinstance(steps.rows, int):
+                states += [None] if steps.rows in keep else []
+                continue
+            first, stop = steps.rows.start, steps.rows.stop
+            kept = [k - first for k in keep if first <= k < stop]
+            if kept:
+                states.append(_rows_of(steps.update.state_dict(), kept, stop - first))
+        with torch.no_grad():
+            stacked = [leaf.detach()[keep].clone() for leaf in self.leaves]
+        self.release()
+        self.members = [self.members[k] for k in keep]
+        if self.members:
+            self._take(stacked, [self.keys[k] for k in keep], states)
+            self._stack_data()
+
+    def release(self) -> None:
+        """Each member's parameters in storage of its own (model.pt saves a view's whole
+        storage: the stack's)."""
+        for own in self._own():
+            for tensor in own:
+                tensor.data = tensor.data.clone()
 
     def batches(self, batch_size: int | None) -> list[tuple[Tensor, Tensor]]:
         """Each member's batch of its own shuffle, side by side (K x batch x features)."""
-        rows = self.x.shape[1]
+        members, rows = len(self.members), self.x.shape[1]
         if batch_size is None or batch_size >= rows:
             return [(self.x, self.y)]
         orders = torch.stack(
@@ -130,12 +251,14 @@ class Stack:
                 for m in self.members
             ]
         )
-        k = torch.arange(len(self.members), device=self.x.device)[:, None]
-        out = []
-        for start in range(0, rows, batch_size):
-            index = orders[:, start : start + batch_size]
-            out.append((self.x[k, index], self.y[k, index]))
-        return out
+        orders += torch.arange(members, device=self.x.device)[:, None] * rows
+        index = orders.flatten()  # one row index over every member's rows: one gather an epoch
+        x = self.x.flatten(0, 1).index_select(0, index).unflatten(0, (members, rows))
+        y = self.y.flatten(0, 1).index_select(0, index).unflatten(0, (members, rows))
+        return [
+            (x[:, start : start + batch_size], y[:, start : start + batch_size])
+            for start in range(0, rows, batch_size)
+        ]
 
 
 def fit_stacked(members: Sequence[Member], *, epochs: int, batch_size: int | None = None) -> None:
@@ -150,16 +273,15 @@ def fit_stacked(members: Sequence[Member], *, epochs: int, batch_size: int | Non
             return
         batch_losses = []
         for x, y in stack.batches(batch_size):
-            y_pred = stack.forward(stack.params(), x)  # 1. forward pass, every member
+            y_pred = stack.forward(stack.leaves, x)  # 1. forward pass, every member
             losses = stack.loss(y_pred, y)  # 2. each member's loss
             losses.sum().backward()  # 3. backward: each member's gradients are its own
-            for member in stack.members:
-                member.update.step()  # 4. each member's own update
-                member.update.zero_grad()  # 5. zero its gradients
+            stack.step()  # 4. each member's own update
+            stack.zero_grad()  # 5. zero the gradients
             batch_losses.append(losses.detach())
 
         with torch.no_grad():
-            val_pred = stack.forward(stack.params(), stack.x_val)
+            val_pred = stack.forward(stack.leaves, stack.x_val)
             val_loss = stack.loss(val_pred, stack.y_val)
             val_quality = stack.quality(val_pred, stack.y_val)
         # 6. read the numbers: one host synchronisation for the whole stack
@@ -187,6 +309,7 @@ def fit_stacked(members: Sequence[Member], *, epochs: int, batch_size: int | Non
                 member.ended = error
                 gone.append(member)
         stack.drop(gone)
+    stack.release()
 
 
 @dataclass

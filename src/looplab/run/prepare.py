@@ -23,10 +23,13 @@ from looplab.core.update import Updater, build_update
 from looplab.run.parts import Parts
 
 
-def torch_threads(asked: int | None = None, given: float | None = None) -> int:
+def torch_threads(
+    asked: int | None = None, given: float | None = None, writer_idle: bool = False
+) -> int:
     """Threads for torch's CPU kernels: `train.threads` when set; otherwise the CPUs this job
     was given, wherever a scheduler says so; otherwise the cores this process may use, less
-    one for the MLflow writer and the rest of the machine.
+    one for the MLflow writer and the rest of the machine (`writer_idle`: none left for it,
+    as while a stack trains before any of its runs is recorded).
 
     The CPUs given, in order: `given` (a launcher's declared CPUs per job, e.g. submitit's
     `cpus_per_task`, which its local executor does not enforce), SLURM's
@@ -46,7 +49,7 @@ def torch_threads(asked: int | None = None, given: float | None = None) -> int:
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    return max(1, (cores or 1) - (0 if writer_idle else 1))
 
 
 @dataclass
