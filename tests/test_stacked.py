@@ -109,31 +109,49 @@ def test_a_callback_that_ends_its_member_stops_only_that_member(make_config) -> 
     assert_close([r.metrics for r in members[1].history], alone(configs[1]))
 
 
-@pytest.mark.parametrize("update", ["manual", "sgd", "adam"])
-def test_members_with_one_update_rule_step_as_one_and_keep_their_state_when_one_leaves(
+UPDATES = {
+    "manual": ("update=manual",),
+    "sgd": ("update=sgd",),
+    "adam": ("update=adam",),
+    "adamw": ("update=adamw",),
+    "rmsprop": ("update=optim", "update._target_=torch.optim.RMSprop"),  # steps alone
+}
+
+
+@pytest.mark.parametrize("update", list(UPDATES))
+def test_members_with_one_update_rule_step_as_one_and_keep_their_state_when_some_leave(
     make_config, update
 ) -> None:
-    """float64, members with the same update settings (they step as one over their rows).
-    Faults: a group's momentum (or Adam's moments) lost, or given to the wrong member, when a
-    member in its middle leaves; a group stepping rows that are not its members'."""
+    """float64; two learning rates, so two groups of three that each step as one over their
+    rows (RMSprop: each member with its own update). One member leaves its group's middle
+    at epoch 2, the whole other group at epoch 3. Faults: a group's momentum (or Adam's
+    moments) lost, or given to the wrong member, when members leave; a group stepping rows
+    not its own; an update of another kind (AdamW) refused, or stepped as a group's."""
     shared = (
-        "dataset=digits", "model.width=16", f"update={update}", "train.batch_size=64",
-        "train.epochs=4", "train.dtype=float64", "train.lr=0.05", "train.momentum=0.9",
-        "tracking.enabled=false",
+        "dataset=digits", "model.width=16", *UPDATES[update], "train.batch_size=64",
+        "train.epochs=4", "train.dtype=float64", "train.momentum=0.9", "tracking.enabled=false",
     )  # fmt: skip
-    configs = [make_config(*shared, f"seed={s}") for s in (1, 2, 3, 4)]
+    configs = [
+        make_config(*shared, f"train.lr={0.05 if s <= 3 else 0.1}", f"seed={s}")
+        for s in range(1, 7)
+    ]
 
-    def stop_at_two(result) -> None:
-        if result.epoch == 2:
-            raise RuntimeError("ended by its callback")
+    def stop_at(epoch: int):
+        def stop(result) -> None:
+            if result.epoch == epoch:
+                raise RuntimeError("ended by its callback")
 
-    members = [member(cfg, [stop_at_two] if i == 1 else []) for i, cfg in enumerate(configs)]
+        return stop
+
+    ends = {1: 2, 3: 3, 4: 3, 5: 3}  # member index: the epoch its callback ends it
+    members = [
+        member(cfg, [stop_at(ends[i])] if i in ends else []) for i, cfg in enumerate(configs)
+    ]
     fit_stacked(members, epochs=4, batch_size=64)
-    assert len(members[1].history) == 2
     for i, (cfg, m) in enumerate(zip(configs, members, strict=True)):
-        if i != 1:
-            assert m.ended is None
-            assert_close([r.metrics for r in m.history], alone(cfg))
+        assert len(m.history) == ends.get(i, 4)
+        assert_close([r.metrics for r in m.history], alone(cfg)[: len(m.history)])
+        assert (m.ended is None) == (i not in ends)
 
 
 def test_each_member_keeps_its_own_parameters_after_the_stack(make_config) -> None:
@@ -225,7 +243,7 @@ def test_a_stacked_sweep_is_the_sequential_sweep_job_for_job(run_cli, tmp_path) 
     assert mixed.returncode == 0, mixed.stderr
     assert "stacked: jobs #0, #1 trained as one stack of 2" in mixed.stdout
     assert "stacked: jobs #2, #3 trained as one stack of 2" in mixed.stdout
-    # an optimiser the config names by _target_: each member steps its own
+    # an optimiser the config names by _target_ (Adam's members step as one group)
     adam = swept(run_cli, tmp_path / "adam", "hydra/launcher=stacked", "update=adam", "seed=1,2")
     assert adam.returncode == 0, adam.stderr
     assert "stacked: jobs #0, #1 trained as one stack of 2" in adam.stdout

@@ -23,7 +23,7 @@ from looplab.core.schema import plain_config
 from looplab.launch.jobs import records_jobs
 from looplab.launch.stacks import Job, plan, train_stack
 from looplab.launch.sweep import job_part
-from looplab.tracking.client import Tracker, Writers, start_tracker
+from looplab.tracking.client import start_idle_writer
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,9 @@ class StackedLauncher(LooplabLauncher):
 
 
 def _start_writer(config: DictConfig) -> None:
-    """Start the jobs' MLflow writer now, idle until the first job takes it, so that its
-    start (importing MLflow, opening the store: seconds) overlaps the jobs' preparation."""
+    """The jobs' MLflow writer, started while the stacks are prepared (tracking/client.py)."""
     try:
-        tracker = start_tracker(plain_config(job_part(config)))
+        plain = plain_config(job_part(config))
     except Exception:  # each job says what is wrong with its config
         return
-    if isinstance(tracker, Tracker):  # not offline
-        Writers.here().park(tracker)
+    start_idle_writer(plain)

@@ -15,6 +15,7 @@ epoch; the others go on untouched: members share no arithmetic.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import time
@@ -96,25 +97,34 @@ def _forward(member: Member) -> Callable[[list[Tensor], Tensor], Tensor]:
 ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
-def _together(update: Updater) -> tuple | None:
-    """What members must share to step as one (their update's kind and settings); None: a
-    fresh update of another kind, or one that has state already, steps alone."""
+def _together(update: Updater) -> str | None:
+    """What members must share to step as one (their update's kind and settings, written
+    out: sorted and compared alike); None: a fresh update of another kind, or one that has
+    state already, steps alone."""
     if isinstance(update, ManualUpdate):
         if any(v is not None for v in update.velocity):
             return None
-        return ("manual", update.lr, update.momentum, update.weight_decay)
+        return repr(("manual", update.lr, update.momentum, update.weight_decay))
     if type(update) in ELEMENTWISE and len(update.param_groups) == 1 and not update.state:  # type: ignore[attr-defined]
-        settings = {k: v for k, v in update.param_groups[0].items() if k != "params"}  # type: ignore[attr-defined]
-        return (type(update).__qualname__, repr(sorted(settings.items())))
+        return repr((type(update).__qualname__, sorted(_settings(update).items())))
     return None
 
 
+def _settings(update: Any) -> dict[str, Any]:
+    return {k: v for k, v in update.param_groups[0].items() if k != "params"}
+
+
 def _update_like(update: Updater, tensors: list[Tensor]) -> Updater:
-    """A fresh update of `update`'s kind and settings, over `tensors`."""
+    """A fresh update of `update`'s kind and settings, over `tensors`: built from the
+    settings its class takes, then given its group's every setting (AdamW's group holds one,
+    `decoupled_weight_decay`, that its constructor does not take)."""
     if isinstance(update, ManualUpdate):
         return ManualUpdate(tensors, update.lr, update.momentum, update.weight_decay)
-    settings = {k: v for k, v in update.param_groups[0].items() if k != "params"}  # type: ignore[attr-defined]
-    return type(update)(tensors, **settings)  # type: ignore[call-arg]
+    settings = _settings(update)
+    taken = inspect.signature(type(update)).parameters
+    fresh = type(update)(tensors, **{k: v for k, v in settings.items() if k in taken})  # type: ignore[call-arg]
+    fresh.param_groups[0].update(settings)
+    return fresh
 
 
 def _rows_of(state: Any, keep: list[int], rows: int) -> Any:
@@ -150,7 +160,7 @@ class Stack:
         if any(shapes(m) != first for m in members[1:]):
             raise ValueError("a stack's members must share their network's and data's shapes")
         keys = [_together(m.update) for m in members]
-        order = sorted(range(len(members)), key=lambda i: (keys[i] is None, repr(keys[i]), i))
+        order = sorted(range(len(members)), key=lambda i: (keys[i] is None, keys[i] or "", i))
         self.members = [members[i] for i in order]
         self.forward = vmap(_forward(members[0]))
         self.loss = vmap(members[0].loss)
@@ -164,7 +174,7 @@ class Stack:
         return [m.parameters() for m in self.members]
 
     def _take(
-        self, stacked: list[Tensor], keys: list[tuple | None], states: list | None = None
+        self, stacked: list[Tensor], keys: list[str | None], states: list | None = None
     ) -> None:
         """Make `stacked` the leaves, each member's parameters views of its row, and the
         updates that step them (`states`: each group's state to go on from)."""

@@ -132,8 +132,6 @@ def _numbers(stack: list[Job]) -> str:
 def _train_stack(stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: float | None) -> str:
     import torch
 
-    from looplab.core.stacked import Trained, fit_stacked
-    from looplab.run.early_stop import StoppedEarly
     from looplab.run.prepare import prepare, torch_threads
 
     started = time.perf_counter()
@@ -141,8 +139,29 @@ def _train_stack(stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: floa
     members = [_member(job, sweep_dir, ready) for job, ready in zip(stack, readies, strict=True)]
     size = max(1, min(len(members), int(budget_mb * 2**20 // member_bytes(members[0][0]))))
     train = stack[0].plain.train  # type: ignore[union-attr]
-    threads = torch_threads(train.threads, cpus, writer_idle=True)  # nothing else runs now
+    threads = torch_threads(train.threads, cpus, writer_idle=True)  # no run to write yet
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        _fit(stack, readies, members, size, sweep_dir)
+    finally:
+        torch.set_num_threads(before)
+    seconds = time.perf_counter() - started
+    nums = _numbers(stack)
+    chunks = -(-len(members) // size)
+    shown = f"{chunks} stacks of up to {size}" if chunks > 1 else f"one stack of {len(members)}"
+    threads_shown = f"{threads} thread{'s' if threads > 1 else ''}"
+    return f"stacked: jobs {nums} trained as {shown} in {seconds:.2f} s ({threads_shown})"
+
+
+def _fit(stack: list[Job], readies: list, members: list, size: int, sweep_dir: Path) -> None:
+    """Train the stack in chunks of `size`; keep each member's `Trained` for its job (its
+    run's `torch.threads` param stays its own setting, as on looplab's launcher: a stacked
+    sweep's runs have the same params; the stack's threads are in the launcher's line)."""
+    from looplab.core.stacked import Trained, fit_stacked
+    from looplab.run.early_stop import StoppedEarly
+
+    train = stack[0].plain.train  # type: ignore[union-attr]
     for start in range(0, len(members), size):
         chunk = members[start : start + size]
         fit_stacked(
@@ -155,12 +174,6 @@ def _train_stack(stack: list[Job], sweep_dir: Path, budget_mb: float, cpus: floa
                 early_stop.restore_best()  # type: ignore[union-attr]  # the best epoch's weights
             trained = Trained(member.history, member.ended, len(chunk), ready)
             StackedRuns.here().trained[(str(sweep_dir.resolve()), job.num)] = trained
-    seconds = time.perf_counter() - started
-    nums = _numbers(stack)
-    chunks = -(-len(members) // size)
-    shown = f"{chunks} stacks of up to {size}" if chunks > 1 else f"one stack of {len(members)}"
-    threads_shown = f"{threads} thread{'s' if threads > 1 else ''}"
-    return f"stacked: jobs {nums} trained as {shown} in {seconds:.2f} s ({threads_shown})"
 
 
 def _member(job: Job, sweep_dir: Path, ready: Any) -> tuple[Member, EarlyStop | None]:
@@ -184,8 +197,9 @@ def _member(job: Job, sweep_dir: Path, ready: Any) -> tuple[Member, EarlyStop | 
 
 
 def member_bytes(member: Member) -> int:
-    """A rough size of one member in a stack: its data (stacked), its parameters with their
-    gradients, momentum and stacked copy, and its widest activations over the training set."""
+    """A rough size of one member in a stack: its data (stacked, and an epoch's shuffled
+    copy), its parameters with their gradients and two buffers of update state, and its
+    widest activations over the training set."""
     data = member.data
     tensors = (data.x_train, data.y_train, data.x_val, data.y_val)
     data_bytes = sum(t.numel() * t.element_size() for t in tensors)

@@ -81,6 +81,19 @@ def start_tracker(cfg: DictConfig) -> Tracker | OfflineTracker | None:
     return Writers.here().take(cfg.tracking.uri, cfg.tracking.experiment, wait_s)
 
 
+def start_idle_writer(cfg: DictConfig) -> None:
+    """Start a writer for a plain config's store now, idle until this process's next run
+    takes it (unless one waits already), so that its start (importing MLflow, opening the
+    store: seconds) overlaps other work: `hydra/launcher=stacked` preparing its stacks."""
+    tracking = cfg.tracking
+    if not tracking.enabled or tracking.get("offline", False):
+        return
+    writers = Writers.here()
+    if (tracking.uri, tracking.experiment) not in writers.idle:
+        wait_s = float(tracking.get("wait_s", DEFAULT_WAIT_SECONDS))
+        writers.park(Tracker(tracking.uri, tracking.experiment, wait_s=wait_s))
+
+
 def settle_idle() -> list[str]:
     """Wait until every run this process's writers were asked to end has ended; return the
     warnings of those whose end did not reach the store. A sweep calls this before it reads
@@ -94,10 +107,10 @@ def _warn(warning: str | None) -> None:
 
 
 class Writers:
-    """This process's writers whose run ended cleanly, by (uri, experiment), waiting for its
-    next run. One instance per process (`here()`): a forked child makes its own, never
-    using its parent's, whose writers it does not own; each instance stops its writers when
-    its own process exits."""
+    """This process's writers whose run ended cleanly (or that were started ahead,
+    `start_idle_writer`), by (uri, experiment), waiting for its next run. One instance per
+    process (`here()`): a forked child makes its own, never using its parent's, whose
+    writers it does not own; each instance stops its writers when its own process exits."""
 
     _here: ClassVar[Writers | None] = None
 
