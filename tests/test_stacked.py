@@ -155,11 +155,18 @@ def test_members_with_one_update_rule_step_as_one_and_keep_their_state_when_some
 
 
 def test_each_member_keeps_its_own_parameters_after_the_stack(make_config) -> None:
-    """Fault: a member's parameters left as views of the stack's tensors: its model.pt
-    would hold every member's weights (torch.save writes a view's whole storage)."""
-    configs = [make_config("model.impl=module", f"seed={s}", "train.epochs=2") for s in (1, 2)]
-    members = [member(cfg) for cfg in configs]
+    """Fault: a member's parameters left as views of the stack's tensors, at the end or when
+    it leaves early: its model.pt would hold every member's weights (torch.save writes a
+    view's whole storage)."""
+    configs = [make_config("model.impl=module", f"seed={s}", "train.epochs=2") for s in (1, 2, 3)]
+
+    def stop_at_one(result) -> None:
+        if result.epoch == 1:
+            raise RuntimeError("ended by its callback")
+
+    members = [member(cfg, [stop_at_one] if i == 0 else []) for i, cfg in enumerate(configs)]
     fit_stacked(members, epochs=2)
+    assert len(members[0].history) == 1
     for m in members:
         for p in m.parameters():
             assert p.untyped_storage().nbytes() == p.numel() * p.element_size()

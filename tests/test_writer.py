@@ -116,3 +116,33 @@ def test_a_forked_child_never_takes_its_parents_idle_writer(tmp_path: Path) -> N
     finally:
         Writers.here().forget(tracker)
         tracker.stop()
+
+
+def test_a_writer_started_ahead_waits_idle_and_the_next_run_takes_it(
+    tmp_path: Path, make_config
+) -> None:
+    """`start_idle_writer` (hydra/launcher=stacked, before its stacks train). Faults: no
+    writer started ahead (job 0 waits for MLflow's import), a second writer started beside
+    the one that waits already (a later batch of the sweep), one started for an offline or
+    untracked config, or the next run not taking the one started ahead."""
+    from looplab.tracking.client import Writers, start_idle_writer, start_tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = make_config(f"tracking.uri={uri}")
+    writers, key = Writers.here(), (uri, tracked.tracking.experiment)
+    before = dict(writers.idle)  # other tests' writers, left alone
+    try:
+        for config in (make_config("tracking.offline=true"), make_config("tracking.enabled=false")):
+            start_idle_writer(config)
+            assert writers.idle == before
+        start_idle_writer(tracked)
+        ahead = writers.idle[key]
+        start_idle_writer(tracked)
+        assert writers.idle[key] is ahead
+        taken = start_tracker(tracked)
+        assert taken is ahead and key not in writers.idle
+        taken.release()
+    finally:
+        for started in [w for k, w in writers.idle.items() if k not in before]:
+            writers.forget(started)
+            started.stop()

@@ -138,6 +138,14 @@ def _rows_of(state: Any, keep: list[int], rows: int) -> Any:
     return state
 
 
+def _release(members: Sequence[Member]) -> None:
+    """Each member's parameters in storage of its own, as it leaves the stack (model.pt saves
+    a view's whole storage: the stack's)."""
+    for member in members:
+        for tensor in member.parameters():
+            tensor.data = tensor.data.clone()
+
+
 @dataclass
 class _Steps:
     """Members `rows` of the stack (a slice, or one member's index), stepped by one update
@@ -174,10 +182,10 @@ class Stack:
         return [m.parameters() for m in self.members]
 
     def _take(
-        self, stacked: list[Tensor], keys: list[str | None], states: list | None = None
+        self, stacked: list[Tensor], keys: list[str | None], states: dict[str, Any] | None = None
     ) -> None:
         """Make `stacked` the leaves, each member's parameters views of its row, and the
-        updates that step them (`states`: each group's state to go on from)."""
+        updates that step them (`states`: a group's state to go on from, by its key)."""
         self.leaves = [t.detach().requires_grad_(True) for t in stacked]
         for k, own in enumerate(self._own()):
             for tensor, leaf in zip(own, self.leaves, strict=True):
@@ -185,19 +193,18 @@ class Stack:
         self.keys, self.steps = keys, []
         start = 0
         while start < len(self.members):
-            stop = start + 1
-            if keys[start] is not None:
-                while stop < len(keys) and keys[stop] == keys[start]:
-                    stop += 1
-            member = self.members[start]
-            if keys[start] is None:  # its own update, over its own (viewed) parameters
+            key, member, stop = keys[start], self.members[start], start + 1
+            if key is None:  # its own update, over its own (viewed) parameters
                 self.steps.append(_Steps(start, member.update, member.parameters()))
-            else:
-                tensors = [leaf.detach()[start:stop] for leaf in self.leaves]
-                update = _update_like(member.update, tensors)
-                if states is not None and states[len(self.steps)] is not None:
-                    update.load_state_dict(states[len(self.steps)])
-                self.steps.append(_Steps(slice(start, stop), update, tensors))
+                start = stop
+                continue
+            while stop < len(keys) and keys[stop] == key:
+                stop += 1
+            tensors = [leaf.detach()[start:stop] for leaf in self.leaves]
+            update = _update_like(member.update, tensors)
+            if states and key in states:
+                update.load_state_dict(states[key])
+            self.steps.append(_Steps(slice(start, stop), update, tensors))
             start = stop
 
     def _stack_data(self) -> None:
@@ -226,29 +233,21 @@ class Stack:
         if not gone:
             return
         keep = [k for k, m in enumerate(self.members) if m not in gone]
-        states = []  # each remaining group's update state, for its kept rows
+        states = {}  # each group's update state, for its kept rows, by the group's key
         for steps in self.steps:
-            if isinstance(steps.rows, int):
-                states += [None] if steps.rows in keep else []
-                continue
-            first, stop = steps.rows.start, steps.rows.stop
-            kept = [k - first for k in keep if first <= k < stop]
-            if kept:
-                states.append(_rows_of(steps.update.state_dict(), kept, stop - first))
+            if isinstance(steps.rows, slice):
+                first, stop = steps.rows.start, steps.rows.stop
+                kept = [k - first for k in keep if first <= k < stop]
+                if kept:
+                    state = steps.update.state_dict()
+                    states[self.keys[first]] = _rows_of(state, kept, stop - first)
         with torch.no_grad():
             stacked = [leaf.detach()[keep].clone() for leaf in self.leaves]
-        self.release()
+        _release(gone)
         self.members = [self.members[k] for k in keep]
         if self.members:
             self._take(stacked, [self.keys[k] for k in keep], states)
             self._stack_data()
-
-    def release(self) -> None:
-        """Each member's parameters in storage of its own (model.pt saves a view's whole
-        storage: the stack's)."""
-        for own in self._own():
-            for tensor in own:
-                tensor.data = tensor.data.clone()
 
     def batches(self, batch_size: int | None) -> list[tuple[Tensor, Tensor]]:
         """Each member's batch of its own shuffle, side by side (K x batch x features)."""
@@ -319,7 +318,7 @@ def fit_stacked(members: Sequence[Member], *, epochs: int, batch_size: int | Non
                 member.ended = error
                 gone.append(member)
         stack.drop(gone)
-    stack.release()
+    _release(stack.members)
 
 
 @dataclass

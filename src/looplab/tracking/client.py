@@ -85,13 +85,10 @@ def start_idle_writer(cfg: DictConfig) -> None:
     """Start a writer for a plain config's store now, idle until this process's next run
     takes it (unless one waits already), so that its start (importing MLflow, opening the
     store: seconds) overlaps other work: `hydra/launcher=stacked` preparing its stacks."""
-    tracking = cfg.tracking
-    if not tracking.enabled or tracking.get("offline", False):
-        return
-    writers = Writers.here()
-    if (tracking.uri, tracking.experiment) not in writers.idle:
-        wait_s = float(tracking.get("wait_s", DEFAULT_WAIT_SECONDS))
-        writers.park(Tracker(tracking.uri, tracking.experiment, wait_s=wait_s))
+    if (cfg.tracking.uri, cfg.tracking.experiment) not in Writers.here().idle:
+        tracker = start_tracker(cfg)  # none idle: a new writer, with nothing to settle
+        if isinstance(tracker, Tracker):  # not offline, not off
+            Writers.here().park(tracker)
 
 
 def settle_idle() -> list[str]:
