@@ -8,6 +8,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import store_uri
@@ -102,6 +105,43 @@ def test_eight_jobs_on_four_workers_on_a_new_store(run_cli, tmp_path) -> None:
         assert sorted(steps) == list(range(1, 31))
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_runs([default.experiment_id])
+
+
+SPY_ON_THE_PARENTS_START = """
+import sys
+from looplab.tracking.client import Tracker
+start_run, seen = Tracker.start_run, []
+def spy(self, *args, **kwargs):
+    seen.append(("looplab.run.execute" in sys.modules, "mlflow.tracking" in sys.modules))
+    return start_run(self, *args, **kwargs)
+Tracker.start_run = spy
+sys.argv = ["looplab-train", *sys.argv[1:]]
+from looplab.cli.train import main
+try:
+    main()
+finally:
+    print("imported before the parent started:", seen[0])
+"""
+
+
+@pytest.mark.parametrize(
+    ("launcher", "imported"), [("looplab", "(True, True)"), ("joblib", "(False, True)")]
+)
+def test_the_jobs_imports_are_made_while_the_parents_writer_starts(
+    run_cli, tmp_path, launcher, imported
+) -> None:
+    """Faults: the launching process imports torch and the run (for the jobs it runs itself)
+    and MLflow's client (for the summary) only after it has waited seconds for the parent's
+    writer to start (`make bench`, group stacked), or imports torch for jobs that run in
+    other processes (joblib's workers)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SPY_ON_THE_PARENTS_START, "-m", f"hydra/launcher={launcher}",
+         "seed=1,2", "train.epochs=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"imported before the parent started: {imported}" in done.stdout
 
 
 def test_a_bad_combination_refuses_the_whole_sweep_and_records_nothing(run_cli, tmp_path) -> None:

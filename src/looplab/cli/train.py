@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from looplab.cli.resume import checkpoint_here, resumed_explicitly, stopped_runs_checkpoint
 from looplab.cli.sweep import SweepCallback
+from looplab.cli.teardown import skip_teardown
 from looplab.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -409,6 +410,8 @@ def main() -> None:
         if isinstance(leaving.code, int) and leaving.code - 128 in STOP_NUMBERS:
             _stop_sweep(signal.Signals(leaving.code - 128).name)
         raise
+    finally:
+        skip_teardown()
 
 
 STOP_NUMBERS = {int(signum) for signum in (*ALL_STOPS, *WARNINGS)}
