@@ -289,10 +289,13 @@ def _import_ahead(launcher_target: str) -> None:
     store's opening: seconds of waiting), what this process imports later anyway: MLflow's
     client for the summary and, when the launcher runs the jobs here, torch and the run
     (each about as long as that wait on a 2-core machine; `make bench`, group `stacked`)."""
-    import mlflow.tracking  # noqa: F401
+    try:
+        import mlflow.tracking  # noqa: F401
 
-    if launcher_target.startswith(IN_PROCESS_LAUNCHERS):
-        import looplab.run.execute  # noqa: F401
+        if launcher_target.startswith(IN_PROCESS_LAUNCHERS):
+            import looplab.run.execute  # noqa: F401
+    except (ImportError, OSError):  # a broken install: each job that needs it says so
+        pass
 
 
 def jobs_planned(config: DictConfig, jobs: list[Any]) -> int:
