@@ -84,6 +84,19 @@ def sweep_past_a_missing_csv(
     )
 
 
+def run_probe(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a Python process in tmp_path, with `t` (looplab.cli.train) imported and
+    `sys.argv` set to `looplab-train ARGS` for one epoch, unprinted: to look inside a real run
+    (what is imported when, what is left at exit)."""
+    argv = ["looplab-train", *args, "train.epochs=1", "train.print_every=0"]
+    probe = f"import atexit, gc, sys, looplab.cli.train as t; sys.argv={argv!r}\n{code}"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
 def store_uri(root: Path) -> str:
     """The default store of a launch directory."""
     return f"sqlite:///{root / 'outputs' / 'mlflow.db'}"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, only_run, store_uri
+from conftest import CLI, only_run, run_probe, store_uri
 
 pytestmark = pytest.mark.slow
 
@@ -83,16 +83,6 @@ def test_tracking_disabled_leaves_no_store_and_never_imports_mlflow(run_cli, tmp
         "tracking.enabled=false",
     )
     assert checked.returncode == 0, checked.stderr
-
-
-def run_probe(tmp_path, code: str, *overrides: str) -> subprocess.CompletedProcess[str]:
-    """`code` in a Python process, with `t` (looplab.cli.train) imported and `sys.argv` set to
-    a one-epoch run with `overrides`."""
-    argv = ["looplab-train", "train.epochs=1", "train.print_every=0", *overrides]
-    probe = f"import atexit, gc, sys, looplab.cli.train as t; sys.argv={argv!r}\n{code}"
-    return subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
 
 
 def test_the_heap_is_frozen_before_pythons_teardown(tmp_path) -> None:

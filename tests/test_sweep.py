@@ -8,12 +8,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import store_uri
+from conftest import run_probe, store_uri
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -108,17 +105,14 @@ def test_eight_jobs_on_four_workers_on_a_new_store(run_cli, tmp_path) -> None:
 
 
 SPY_ON_THE_PARENTS_START = """
-import sys
 from looplab.tracking.client import Tracker
 start_run, seen = Tracker.start_run, []
 def spy(self, *args, **kwargs):
     seen.append(("looplab.run.execute" in sys.modules, "mlflow.tracking" in sys.modules))
     return start_run(self, *args, **kwargs)
 Tracker.start_run = spy
-sys.argv = ["looplab-train", *sys.argv[1:]]
-from looplab.cli.train import main
 try:
-    main()
+    t.main()
 finally:
     print("imported before the parent started:", seen[0])
 """
@@ -128,18 +122,15 @@ finally:
     ("launcher", "imported"), [("looplab", "(True, True)"), ("joblib", "(False, True)")]
 )
 def test_the_jobs_imports_are_made_while_the_parents_writer_starts(
-    run_cli, tmp_path, launcher, imported
+    tmp_path, launcher, imported
 ) -> None:
     """Faults: the launching process imports torch and the run (for the jobs it runs itself)
     and MLflow's client (for the summary) only after it has waited seconds for the parent's
     writer to start (`make bench`, group stacked), or imports torch for jobs that run in
     other processes (joblib's workers)."""
-    done = subprocess.run(
-        [sys.executable, "-c", SPY_ON_THE_PARENTS_START, "-m", f"hydra/launcher={launcher}",
-         "seed=1,2", "train.epochs=1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )  # fmt: skip
+    done = run_probe(
+        tmp_path, SPY_ON_THE_PARENTS_START, "-m", f"hydra/launcher={launcher}", "seed=1,2"
+    )
     assert done.returncode == 0, done.stderr
     assert f"imported before the parent started: {imported}" in done.stdout
 

@@ -96,7 +96,7 @@ class SweepCallback(Callback):
         if not settings.tracking.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        from looplab.tracking import start_tracker
+        from looplab.tracking import Tracker, start_tracker
 
         swept_lines = [line for line in lines if line.split("=", 1)[0].lstrip("+~") in swept]
         name = "sweep: " + (" ".join(swept_lines) or f"{len(jobs)} job(s)")
@@ -115,7 +115,7 @@ class SweepCallback(Callback):
             tags[tag.STUDY] = study
         parent = start_tracker(settings)
         assert parent is not None  # tracking is on
-        if not settings.tracking.get("offline", False):  # a writer starts: its wait is free
+        if isinstance(parent, Tracker):  # a writer starts (not offline): its wait is free
             _import_ahead(str(config.hydra.launcher.get("_target_", "")))
         try:
             run_id, record_id = parent.find_study(study) if study else (None, None)
