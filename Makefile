@@ -34,11 +34,16 @@ setup-ray: setup-test
 run: setup
 	$(BIN)/looplab-train $(ARGS)
 
+# The suite runs on pytest-xdist's workers, one a core (at most 4); the SLURM tests share one
+# worker, since a host runs one cluster. `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup
+
 test: setup-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup-test
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The Ray launcher's tests, after `make setup-ray` (its own joblib/cloudpickle pair).
 test-ray: setup-ray

@@ -24,6 +24,7 @@ from test_sweep import sweep_runs
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("slurm"),  # one cluster a host: these tests share one worker
     pytest.mark.skipif(
         importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
         reason="the slurm extra is not installed: pip install -e '.[slurm]'",
