@@ -96,6 +96,24 @@ def test_the_heap_is_frozen_before_pythons_teardown(tmp_path) -> None:
     assert "frozen at exit: True" in done.stdout
 
 
+def test_the_looplab_script_freezes_its_heap_before_pythons_teardown(tmp_path) -> None:
+    """Fault: the installed `looplab` script runs `main` alone, so Python's teardown collects
+    the heap MLflow's client left after every `looplab runs` (cli/teardown.py)."""
+    (tmp_path / "outputs").mkdir()
+    probe = (
+        "import atexit, gc, sys\nfrom importlib.metadata import entry_points\n"
+        "(script,) = entry_points(group='console_scripts', name='looplab')\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 1000))\n"
+        "sys.argv = ['looplab', 'runs']\nsys.exit(script.load()())"
+    )
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert "frozen at exit: True" in done.stdout, done.stdout + done.stderr
+
+
 def test_a_recorded_config_runs_again_with_the_same_losses(run_cli, tmp_path) -> None:
     first = run_cli("train.epochs=4", "model.width=3", "tracking.enabled=false")
     assert first.returncode == 0, first.stderr

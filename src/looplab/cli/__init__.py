@@ -26,6 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from looplab.cli.teardown import skip_teardown
 from looplab.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, LooplabError
 
 
@@ -92,3 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def command() -> int:
+    """The `looplab` script: `main`, then an exit without Python's collection of the heap
+    (cli/teardown.py). Tests call `main` in their own process, which must not be frozen."""
+    try:
+        return main()
+    finally:
+        skip_teardown()

@@ -2,6 +2,6 @@
 
 import sys
 
-from looplab.cli import main
+from looplab.cli import command
 
-sys.exit(main())
+sys.exit(command())
