@@ -90,9 +90,14 @@ def run_probe(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProc
     (what is imported when, what is left at exit)."""
     argv = ["looplab-train", *args, "train.epochs=1", "train.print_every=0"]
     probe = f"import atexit, gc, sys, looplab.cli.train as t; sys.argv={argv!r}\n{code}"
+    return run_python(tmp_path, probe)
+
+
+def run_python(cwd: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE` in cwd, its output captured."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
 

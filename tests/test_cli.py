@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, only_run, run_probe, store_uri
+from conftest import CLI, only_run, run_probe, run_python, store_uri
 
 pytestmark = pytest.mark.slow
 
@@ -99,19 +99,18 @@ def test_the_heap_is_frozen_before_pythons_teardown(tmp_path) -> None:
 def test_the_looplab_script_freezes_its_heap_before_pythons_teardown(tmp_path) -> None:
     """Fault: the installed `looplab` script runs `main` alone, so Python's teardown collects
     the heap MLflow's client left after every `looplab runs` (cli/teardown.py)."""
-    (tmp_path / "outputs").mkdir()
-    probe = (
+    from test_compare import make_sweep_store
+
+    make_sweep_store(tmp_path)
+    done = run_python(
+        tmp_path,
         "import atexit, gc, sys\nfrom importlib.metadata import entry_points\n"
         "(script,) = entry_points(group='console_scripts', name='looplab')\n"
         "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 1000))\n"
-        "sys.argv = ['looplab', 'runs']\nsys.exit(script.load()())"
+        "sys.argv = ['looplab', 'runs']\nsys.exit(script.load()())",
     )
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert "frozen at exit: True" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "frozen at exit: True" in done.stdout
 
 
 def test_a_recorded_config_runs_again_with_the_same_losses(run_cli, tmp_path) -> None:
