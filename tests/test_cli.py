@@ -85,12 +85,18 @@ def test_tracking_disabled_leaves_no_store_and_never_imports_mlflow(run_cli, tmp
     assert checked.returncode == 0, checked.stderr
 
 
+# A probe's line: whether the process's heap is frozen when Python's teardown begins.
+SAYS_IF_FROZEN_AT_EXIT = (
+    "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 1000))"
+)
+
+
 def test_the_heap_is_frozen_before_pythons_teardown(tmp_path) -> None:
     """Fault: Python's teardown collects the whole heap (torch's, MLflow's) after the run is
     done and recorded: 0.8 s more at every `looplab-train` on 2 cores (cli/teardown.py)."""
     done = run_probe(
         tmp_path,
-        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 1000))\nt.main()",
+        f"{SAYS_IF_FROZEN_AT_EXIT}\nt.main()",
     )
     assert done.returncode == 0, done.stderr
     assert "frozen at exit: True" in done.stdout
@@ -106,7 +112,7 @@ def test_the_looplab_script_freezes_its_heap_before_pythons_teardown(tmp_path) -
         tmp_path,
         "import atexit, gc, sys\nfrom importlib.metadata import entry_points\n"
         "(script,) = entry_points(group='console_scripts', name='looplab')\n"
-        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 1000))\n"
+        f"{SAYS_IF_FROZEN_AT_EXIT}\n"
         "sys.argv = ['looplab', 'runs']\nsys.exit(script.load()())",
     )
     assert done.returncode == 0, done.stderr
